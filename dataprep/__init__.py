@@ -1,0 +1,1 @@
+"""Raw review dumps -> normalized Parquet (interactions, items, users, behaviour text)."""

@@ -1,0 +1,1 @@
+"""One module per ``userip`` subcommand: each defines ``add_parser`` and ``run``."""

@@ -1,0 +1,139 @@
+"""One config model for the whole pipeline, loaded from YAML under ``configs/``.
+
+Each stage reads only its own section, so a change to, say, ``downstream`` leaves the
+cache keys of ``prepare`` and ``infer`` untouched (see ``tasks/``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Source = Literal[
+    "amazon2014", "amazon2018", "amazon2023", "yelp", "movielens-100k", "movielens-1m"
+]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def fingerprint(self) -> str:
+        """Stable hash of this section's values, for cache keys."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class PrepareConfig(Section):
+    source: Source = "movielens-100k"
+    reviews: Path | None = None
+    meta: Path | None = None
+    users: Path | None = None
+    business: Path | None = None
+    min_core: int = Field(5, ge=1)
+    label_threshold: float = 4.0
+    split: Literal["random", "temporal"] = "random"
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 42
+    max_reject_ratio: float = Field(0.01, ge=0.0, le=1.0)
+    behaviour_max_chars: int = Field(600, ge=32)
+    max_users: int | None = Field(None, ge=1, description="keep only the first N users (by id) after k-core; for quick runs")
+
+    @field_validator("split_ratios")
+    @classmethod
+    def _ratios_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if abs(sum(v) - 1.0) > 1e-6 or min(v) <= 0:
+            raise ValueError(f"split_ratios must be positive and sum to 1, got {v}")
+        return v
+
+
+class ProfileSpec(Section):
+    name: str
+    context: str
+    n_tokens: int = Field(1, ge=1)
+    codebook_size: int = Field(..., ge=2)
+
+
+class ProfileConfig(Section):
+    model: str = "smollm2-135m"
+    profiles: tuple[ProfileSpec, ...] = (
+        ProfileSpec(name="hobby", context="This user's hobby is", codebook_size=4),
+        ProfileSpec(name="background", context="and the user's background is", codebook_size=3),
+    )
+    task: str = ". Movies this user watched and liked:"
+    max_target_tokens: int = Field(64, ge=4)
+    batch_size: int = Field(16, ge=1)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    alpha: float = 1e-3
+    beta: float = 1e-3
+    gamma: float = 1e-3
+    warmup_epochs: int = Field(1, ge=0)
+    max_epochs: int = Field(3, ge=1)
+    patience: int = Field(1, ge=0)
+    checkpoint_every: int = Field(50, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    nproc: int = Field(1, ge=1, description="processes for torchrun data parallelism")
+    explain_users: int = Field(5, ge=0)
+
+
+class QuantizeConfig(Section):
+    methods: tuple[Literal["userip", "kmeans", "agglomerative", "none"], ...] = (
+        "userip", "kmeans", "agglomerative", "none"
+    )
+    none_dim: int = Field(8, ge=1, description="dense width of the un-quantized ablation")
+    seed: int = 0
+
+
+class BankConfig(Section):
+    path: Path = Path("bank")
+    keep_versions: int = Field(5, ge=1)
+
+
+class DownstreamConfig(Section):
+    models: tuple[str, ...] = ("dcn",)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    lr: float = 1e-3
+    embedding_dim: int = Field(8, ge=1)
+    use_observed_features: bool = False
+    task_runner: Literal["thread", "dask", "ray"] = "thread"
+
+
+class Config(Section):
+    name: str = "demo"
+    workdir: Path = Path("runs/demo")
+    prepare: PrepareConfig = PrepareConfig()
+    profile: ProfileConfig = ProfileConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    bank: BankConfig = BankConfig()
+    downstream: DownstreamConfig = DownstreamConfig()
+
+    def stage_dir(self, stage: str) -> Path:
+        """Where a stage publishes its outputs inside the run's work dir."""
+        return self.workdir / stage
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config; ``overrides`` are dotted keys, e.g. ``{"profile.max_epochs": 1}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: top level must be a mapping")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return Config.model_validate(raw)
