@@ -4,32 +4,37 @@ from __future__ import annotations
 
 import polars as pl
 
+_BUCKETS = 1_000_000
+
 
 def assign_split(
     interactions: pl.DataFrame, how: str, ratios: tuple[float, float, float], seed: int
 ) -> pl.DataFrame:
-    """Add a ``split`` column with exact global proportions.
+    """Add a ``split`` column.
 
-    ``random`` shuffles rows with ``seed`` (input is first sorted by user and item, so the
-    result does not depend on read order); ``temporal`` cuts at global time quantiles, so
-    every valid/test interaction happens after every train one.
+    ``random`` draws each interaction's split from a seeded hash of (user, item): the same
+    interaction lands in the same split whatever else the dump holds, so a nightly dump
+    with new reviews leaves old users' train histories unchanged; proportions match
+    ``ratios`` up to sampling noise. ``temporal`` cuts at global time quantiles (exact
+    proportions), so every valid/test interaction happens after every train one.
     """
     if how == "random":
-        order = interactions.sort("user_id", "item_id").with_columns(
-            pl.int_range(pl.len()).shuffle(seed=seed).alias("_rank")
-        )
+        position = (
+            pl.struct("user_id", "item_id").hash(seed=seed) % _BUCKETS
+        ).cast(pl.Float64) / _BUCKETS
+        order = interactions.with_columns(position.alias("_pos"))
+        train_cut, valid_cut = ratios[0], ratios[0] + ratios[1]
     elif how == "temporal":
+        n = interactions.height
         order = interactions.sort("ts", "user_id", "item_id").with_columns(
-            pl.int_range(pl.len()).alias("_rank")
+            (pl.int_range(pl.len()) / n).alias("_pos")
         )
+        train_cut, valid_cut = round(n * ratios[0]) / n, round(n * (ratios[0] + ratios[1])) / n
     else:
         raise ValueError(f"unknown split {how!r}")
-    n = interactions.height
-    n_train = round(n * ratios[0])
-    n_valid = round(n * ratios[1])
     split = (
-        pl.when(pl.col("_rank") < n_train).then(pl.lit("train"))
-        .when(pl.col("_rank") < n_train + n_valid).then(pl.lit("valid"))
+        pl.when(pl.col("_pos") < train_cut).then(pl.lit("train"))
+        .when(pl.col("_pos") < valid_cut).then(pl.lit("valid"))
         .otherwise(pl.lit("test"))
     )
-    return order.with_columns(split.alias("split")).drop("_rank")
+    return order.with_columns(split.alias("split")).drop("_pos")
