@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/userip prepare --config $(CONFIG)
+	$(BIN)/userip run --config $(CONFIG)
 
 test: install
 	$(BIN)/python -m pytest -q -ra

@@ -10,7 +10,7 @@ import sys
 from userip.errors import UseripError
 
 # Each entry is a module under userip/commands with add_parser(subparsers) and run(args).
-COMMANDS = ("prepare", "infer", "quantize")
+COMMANDS = ("prepare", "run", "infer", "quantize")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.run(args) or 0)
     except (UseripError, FileNotFoundError) as exc:

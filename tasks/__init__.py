@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers that give each library stage a content-keyed cache."""

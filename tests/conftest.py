@@ -1,0 +1,26 @@
+"""Shared fixtures: real data sets prepared once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dataprep.pipeline import prepare
+from userip.config import PrepareConfig
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MovieLens-100K, prepared for real with the default settings."""
+    out = tmp_path_factory.mktemp("ml100k") / "data"
+    prepare(PrepareConfig(source="movielens-100k"), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ml100k_small_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 40 MovieLens-100K users with short behaviour texts: real data, tiny runs."""
+    out = tmp_path_factory.mktemp("ml100k_small") / "data"
+    prepare(PrepareConfig(source="movielens-100k", max_users=40, behaviour_max_chars=200), out)
+    return out

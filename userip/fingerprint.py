@@ -1,0 +1,63 @@
+"""Content fingerprints: what a stage's cache key and output location are made of.
+
+A stage's key hashes its config section, the content of its input files and the source
+of the code that computes it, never in-memory objects; equal keys mean equal outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+
+import userip
+
+_CHUNK = 1 << 20
+
+
+def hash_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "blake2b").hexdigest()[:32]
+
+
+def hash_paths(paths: Iterable[Path | str | None]) -> str:
+    """Hash of the contents of files and of every file under directories, by relative name."""
+    digest = hashlib.blake2b(digest_size=16)
+    for root in paths:
+        if root is None:
+            digest.update(b"<none>")
+            continue
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"input not found: {root}")
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for f in files:
+            if f.name.startswith(".") or "__pycache__" in f.parts:
+                continue
+            name = str(f.relative_to(root)) if root.is_dir() else f.name
+            digest.update(f"{name}\0{hash_file(f)}\0".encode())
+    return digest.hexdigest()
+
+
+@cache
+def code_version(*packages: str) -> str:
+    """Hash of the Python sources of ``packages`` (top-level package names) + our version."""
+    top = Path(userip.__file__).resolve().parent.parent
+    srcs = [p for pkg in packages for p in sorted((top / pkg).rglob("*.py"))]
+    return hashlib.blake2b(
+        (userip.__version__ + hash_paths(srcs)).encode(), digest_size=8
+    ).hexdigest()
+
+
+def stage_key(stage: str, section: dict | str, inputs: Iterable[Path | str | None],
+              packages: Iterable[str]) -> str:
+    """The cache key of one stage run; also names its output directory
+    (``<workdir>/<stage>/<key>``)."""
+    blob = json.dumps(
+        {"stage": stage, "section": section, "inputs": hash_paths(inputs),
+         "code": code_version(*packages)},
+        sort_keys=True, default=str,
+    )
+    return hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
