@@ -93,7 +93,8 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
         base = load_published(out_dir)
         if [p["name"] for p in base["meta"]["profiles"]] != names:
             raise ConfigError(f"{out_dir}: profiles {base['meta']['profiles']} differ from config")
-    data = load_profile_data(data_dir, loaded.tokenizer, budget, users)
+    data = load_profile_data(data_dir, loaded.tokenizer, budget, users, cfg.valid_max_users,
+                             cfg.seed)
     fingerprint = f"{cfg.fingerprint()}-{_data_fingerprint(data_dir, users)}"
 
     prior, user_keys = None, None

@@ -68,7 +68,8 @@ def tokenize_targets(tokenizer, texts: list[str], limit: int) -> list[list[int]]
 
 
 def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
-                      users: set[str] | None = None) -> ProfileData:
+                      users: set[str] | None = None, valid_max_users: int | None = None,
+                      seed: int = 0) -> ProfileData:
     """Behaviour texts -> target ids; train interactions -> CSR by table row."""
     data_dir = Path(data_dir)
     beh = _read(data_dir / "behaviour.parquet", BEHAVIOUR_COLUMNS).sort("user_idx")
@@ -100,6 +101,8 @@ def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
         val = _read(valid_path, BEHAVIOUR_COLUMNS).sort("user_idx")
         val = val.filter(pl.col("user_id").is_in(user_ids) & pl.col("text").is_not_null()
                          & (pl.col("text").str.strip_chars() != ""))
+        if valid_max_users is not None and len(val) > valid_max_users:
+            val = val.sample(valid_max_users, seed=seed).sort("user_idx")
         valid_rows = [row_of[u] for u in val["user_id"].to_list()]
         valid_targets = tokenize_targets(tokenizer, val["text"].to_list(), max_target_tokens)
     else:
