@@ -13,9 +13,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from dataprep.readers import source_inputs
-from tasks.stages import prepare_task
+from profile_infer.model_loading import resolve_model_dir
+from tasks.stages import infer_task, prepare_task, quantize_task
 from userip.config import load_config
-from userip.fingerprint import stage_key
+from userip.fingerprint import model_fingerprint, stage_key
 
 STAGES = ("prepare", "infer", "quantize", "export", "train", "evaluate", "report")
 
@@ -51,6 +52,17 @@ def userip(
     section = cfg.prepare.model_dump(mode="json")
     data = cfg.stage_dir("prepare") / stage_key("prepare", section, source_inputs(cfg.prepare), ["dataprep"])
     outputs["prepare"] = _run("prepare", plan, refresh, data, prepare_task, section=section)
+
+    section = {**cfg.profile.model_dump(mode="json"),
+               "_model": model_fingerprint(resolve_model_dir(cfg.profile.model))}
+    profile = cfg.stage_dir("infer") / stage_key("infer", section, [data], ["profile_infer"])
+    outputs["infer"] = _run("infer", plan, refresh, profile, infer_task,
+                            section=cfg.profile.model_dump(mode="json"), data_dir=str(data))
+
+    section = cfg.quantize.model_dump(mode="json")
+    codes = cfg.stage_dir("quantize") / stage_key("quantize", section, [profile], ["quantize"])
+    outputs["quantize"] = _run("quantize", plan, refresh, codes, quantize_task,
+                               section=section, profile_dir=str(profile))
     logger.info("stage outputs: %s", outputs)
     return outputs
 

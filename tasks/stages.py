@@ -35,3 +35,24 @@ def prepare_task(section: dict[str, Any], out_dir: str) -> str:
 
     prepare(PrepareConfig.model_validate(section), Path(out_dir))
     return out_dir
+
+
+@stage_task("infer")
+def infer_task(section: dict[str, Any], data_dir: str, out_dir: str,
+               users_file: str | None = None) -> str:
+    """Profile inference; resumes from ``<out_dir>.ckpt`` when an earlier run was killed."""
+    from profile_infer import infer
+    from userip.config import ProfileConfig
+
+    infer(ProfileConfig.model_validate(section), Path(data_dir), Path(out_dir),
+          users_file=Path(users_file) if users_file else None)
+    return out_dir
+
+
+@stage_task("quantize")
+def quantize_task(section: dict[str, Any], profile_dir: str, out_dir: str) -> str:
+    from quantize import quantize
+    from userip.config import QuantizeConfig
+
+    quantize(QuantizeConfig.model_validate(section), Path(profile_dir), Path(out_dir))
+    return out_dir
