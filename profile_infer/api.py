@@ -127,6 +127,7 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
                               loaded.tokenizer, trainer.dim)
         meta = {
             "model": cfg.model, "model_path": str(loaded.path), "device": str(loaded.device),
+            "data_dir": str(data_dir.resolve()),
             "dtype": str(loaded.dtype).removeprefix("torch."),
             "profiles": [{"name": p.name, "K": p.codebook_size, "n_tokens": p.n_tokens,
                           "context": p.context} for p in cfg.profiles],
