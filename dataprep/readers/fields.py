@@ -22,24 +22,27 @@ _JUNK = r"(?i)getTime\(|\bvar\s+\w+\s*=|function\s*\(|\{[^{}]*:[^{}]*\}"
 _PRICE = r"^\$?\s*([0-9][0-9,]*(?:\.[0-9]+)?)(?:\s*-\s*\$?\s*[0-9][0-9,]*(?:\.[0-9]+)?)?$"
 
 
-def _unescape(values: pl.Series) -> pl.Series:
-    """``html.unescape`` on the values holding an ``&``; the rest pass through untouched."""
-    has_entity = values.str.contains("&", literal=True).fill_null(False)
-    if not has_entity.any():
+def _strip_markup(values: pl.Series) -> pl.Series:
+    """Drop script/style blocks and tags, then decode entities, touching only the values
+    that hold a ``<`` or ``&``: most review text has neither, and regexes cost."""
+    dirty = (values.str.contains("<", literal=True) | values.str.contains("&", literal=True))
+    dirty = dirty.fill_null(False)
+    if not dirty.any():
         return values
-    where = has_entity.arg_true()
-    fixed = [html.unescape(v) for v in values.gather(where).to_list()]
+    where = dirty.arg_true()
+    subset = values.gather(where)
+    subset = subset.str.replace_all(_SCRIPT_OR_STYLE, " ").str.replace_all(_TAG, " ")
+    fixed = [html.unescape(v) if "&" in v else v for v in subset.to_list()]
     return values.clone().scatter(where, fixed)
 
 
 def _null_if_empty(expr: pl.Expr) -> pl.Expr:
-    return pl.when(expr.str.len_bytes() > 0).then(expr)
+    return expr.replace("", None)
 
 
 def strip_html(expr: pl.Expr) -> pl.Expr:
-    """Drop script/style blocks and tags, decode entities (``&amp;`` -> ``&``)."""
-    no_tags = expr.str.replace_all(_SCRIPT_OR_STYLE, " ").str.replace_all(_TAG, " ")
-    return no_tags.map_batches(_unescape, return_dtype=pl.String, is_elementwise=True)
+    """Markup removed: script/style blocks and tags dropped, entities (``&amp;``) decoded."""
+    return expr.map_batches(_strip_markup, return_dtype=pl.String, is_elementwise=True)
 
 
 def review_text(field: str) -> pl.Expr:
@@ -78,7 +81,7 @@ def identifier(field: str) -> pl.Expr:
 
 def number(field: str, lo: float | None = None, hi: float | None = None) -> pl.Expr:
     """A finite number (optionally within ``[lo, hi]``) as Float64; anything else is null."""
-    value = pl.col(field).str.strip_chars().cast(pl.Float64, strict=False)
+    value = pl.col(field).cast(pl.Float64, strict=False)
     ok = value.is_finite()
     if lo is not None:
         ok &= value >= lo
@@ -89,12 +92,12 @@ def number(field: str, lo: float | None = None, hi: float | None = None) -> pl.E
 
 def unix_seconds(field: str, per_second: int = 1) -> pl.Expr:
     """An epoch timestamp in ``1/per_second`` units (1000 for milliseconds) as UTC seconds."""
-    return (number(field, lo=0) / per_second).floor().cast(pl.Int64)
+    return (number(field, lo=0) / per_second).floor().cast(pl.Int64, strict=False)
 
 
-def date_seconds(field: str, *formats: str) -> pl.Expr:
+def date_seconds(text: pl.Expr, *formats: str) -> pl.Expr:
     """A naive date/time string, read as UTC, as epoch seconds; the first format that fits wins."""
-    raw = pl.col(field).str.strip_chars()
+    raw = text.str.strip_chars()
     parsed = [raw.str.strptime(pl.Datetime("us"), f, strict=False) for f in formats]
     return pl.coalesce(parsed).dt.epoch("s")
 

@@ -19,6 +19,8 @@ import ast
 import io
 import json
 import logging
+import mmap
+import os
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from dataprep.readers.base import RejectLog
@@ -33,12 +36,11 @@ from userip.errors import InputError
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 32 << 20
+CHUNK_BYTES = 16 << 20
 MAX_LINE_BYTES = 64 << 20
-_READ_BYTES = 4 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _LINE = "__line"
-_REASON = "__reason"
+_OK = "__ok"
 _PARSE_ERRORS = (Exception, pl.exceptions.PanicException)
 
 _Bad = tuple[int, str, str]  # line number, reason, the line as text
@@ -90,18 +92,20 @@ class RecordFormat:
 
 
 def read_records(path: Path | None, fmt: RecordFormat, staging: Path, rejects: RejectLog,
-                 *, role: str, chunk_bytes: int = CHUNK_BYTES) -> pl.LazyFrame:
+                 *, role: str, chunk_bytes: int | None = None) -> pl.LazyFrame:
     """Read one JSON-lines file into Parquet parts under ``staging``; scan them lazily.
 
-    ``role`` names the input in messages ("reviews", "meta") and prefixes the part files.
+    ``role`` names the input in messages ("reviews", "meta") and prefixes the part files;
+    ``chunk_bytes`` defaults to ``CHUNK_BYTES``.
     """
     path = _checked(path, role)
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     started = time.perf_counter()
     parts: list[Path] = []
     checked_columns = False
     rows = 0
-    for first_line, chunk in _line_chunks(path, rejects, chunk_bytes):
-        lines = _LineIndex(chunk, first_line)
+    for first_line, count, chunk in _line_chunks(path, rejects, chunk_bytes):
+        lines = _LineIndex(chunk, first_line, count)
         rejects.read(path, lines.count)
         raw, bad = _parse_chunk(lines, fmt)
         if raw.height and not checked_columns:
@@ -112,7 +116,7 @@ def read_records(path: Path | None, fmt: RecordFormat, staging: Path, rejects: R
             rejects.reject(path, number, reason, raw=text)
         if good.height:
             part = staging / f"{role}-{len(parts):05d}.parquet"
-            good.write_parquet(part, compression="lz4")
+            good.write_parquet(part, compression="uncompressed", statistics=False)  # short-lived
             parts.append(part)
             rows += good.height
     log.info("%s: %d lines, %d rows kept, %d rejected, %.1fs", path, rejects.seen[str(path)],
@@ -149,13 +153,24 @@ def _blocks(path: Path, size: int) -> Iterator[bytes | _Damage]:
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", path=str(path)) from exc
     with fh:
-        head = fh.read(2)
-        fh.seek(0)
-        if head != _GZIP_MAGIC:
-            while block := fh.read(size):
-                yield block
-            return
-        yield from _gunzip(fh, size)
+        if fh.read(2) == _GZIP_MAGIC:
+            fh.seek(0)
+            yield from _gunzip(fh, size)
+        elif os.fstat(fh.fileno()).st_size:
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                yield from _line_aligned(mapped, size)
+
+
+def _line_aligned(mapped: mmap.mmap, size: int) -> Iterator[bytes]:
+    """Blocks of a mapped plain file cut after a line end where one is in reach: each
+    is then a whole chunk, with no copy to glue a line back together."""
+    start, total = 0, len(mapped)
+    while start < total:
+        end = min(start + size, total)
+        if end < total:
+            end = mapped.rfind(b"\n", start, end) + 1 or end
+        yield mapped[start:end]
+        start = end
 
 
 def _gunzip(fh: io.BufferedReader, size: int) -> Iterator[bytes | _Damage]:
@@ -190,26 +205,21 @@ def _gunzip(fh: io.BufferedReader, size: int) -> Iterator[bytes | _Damage]:
             yield out
 
 
-def _line_chunks(path: Path, rejects: RejectLog, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """``(number of the first line, bytes of whole lines)`` of about ``chunk_bytes`` each.
+def _line_chunks(path: Path, rejects: RejectLog,
+                 chunk_bytes: int) -> Iterator[tuple[int, int, bytes]]:
+    """``(first line number, line count, bytes of whole lines)``, about ``chunk_bytes`` each.
 
     A line longer than ``MAX_LINE_BYTES`` is rejected and skipped without being held in
     memory; a damaged gzip's partial last line is rejected with the damage.
     """
-    pieces: list[bytes] = []
-    size = 0
+    carry = b""  # the unfinished line at the end of the previous block; never holds b"\n"
     next_line = 1
     skipping = False  # inside an over-long line
-    for block in _blocks(path, min(chunk_bytes, _READ_BYTES)):
+    for block in _blocks(path, chunk_bytes):
         if isinstance(block, _Damage):
-            buffer = b"".join(pieces)
-            cut = buffer.rfind(b"\n") + 1
-            if cut:
-                yield next_line, buffer[:cut]
-                next_line += buffer.count(b"\n", 0, cut)
             rejects.read(path)
             rejects.reject(path, next_line, block.reason,
-                           raw=buffer[cut:cut + 2000].decode("utf-8", "replace") or None)
+                           raw=carry[:2000].decode("utf-8", "replace") or None)
             return
         if skipping:
             end = block.find(b"\n")
@@ -217,33 +227,29 @@ def _line_chunks(path: Path, rejects: RejectLog, chunk_bytes: int) -> Iterator[t
                 continue
             block, skipping = block[end + 1:], False
             next_line += 1
-        pieces.append(block)
-        size += len(block)
-        if size < chunk_bytes:
+        cut = block.rfind(b"\n") + 1
+        if not cut:
+            carry += block
+            if len(carry) > MAX_LINE_BYTES:
+                rejects.read(path)
+                rejects.reject(path, next_line, f"line longer than {MAX_LINE_BYTES:,} bytes",
+                               raw=carry[:2000].decode("utf-8", "replace"))
+                carry, skipping = b"", True
             continue
-        buffer = b"".join(pieces)
-        cut = buffer.rfind(b"\n") + 1
-        if cut:
-            yield next_line, buffer[:cut]
-            next_line += buffer.count(b"\n", 0, cut)
-        elif size > MAX_LINE_BYTES:
-            rejects.read(path)
-            rejects.reject(path, next_line, f"line longer than {MAX_LINE_BYTES >> 20} MiB",
-                           raw=buffer[:2000].decode("utf-8", "replace"))
-            cut, skipping = size, True
-        pieces = [buffer[cut:]]
-        size = len(pieces[0])
-    tail = b"".join(pieces)
-    if tail:
-        yield next_line, tail
+        chunk = block if not carry and cut == len(block) else b"".join((carry, block[:cut]))
+        count = int(np.count_nonzero(np.frombuffer(chunk, np.uint8) == ord("\n")))
+        yield next_line, count, chunk
+        next_line += count
+        carry = block[cut:]
+    if carry and not skipping:
+        yield next_line, 1, carry
 
 
 class _LineIndex:
-    """A chunk and its lines, split only when a line has to be looked at."""
+    """A chunk of ``count`` lines, split only when a line has to be looked at."""
 
-    def __init__(self, chunk: bytes, first: int) -> None:
-        self.chunk, self.first = chunk, first
-        self.count = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
+    def __init__(self, chunk: bytes, first: int, count: int) -> None:
+        self.chunk, self.first, self.count = chunk, first, count
         self._lines: list[bytes] | None = None
 
     @property
@@ -293,7 +299,7 @@ def _decode_line(line: bytes, fmt: RecordFormat) -> bytes | str:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return f"invalid UTF-8 at byte {exc.start}"
+        return f"invalid UTF-8 at byte offset {exc.start}"
     try:
         record = fmt.decode(text)
     except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as exc:
@@ -380,16 +386,19 @@ def _reason(name: str, col: Column) -> pl.Expr:
 def _validate(raw: pl.DataFrame, fmt: RecordFormat,
               lines: _LineIndex) -> tuple[pl.DataFrame, list[_Bad]]:
     """Compute the output columns; rows with a null required column are set aside."""
-    out_names = {name: f"__out_{name}" for name in fmt.columns}
+    out = {name: f"__out_{name}" for name in fmt.columns}
+    required = [name for name, col in fmt.columns.items() if col.required]
     checked = raw.lazy().with_columns(
-        col.expr.alias(out_names[name]) for name, col in fmt.columns.items()
+        col.expr.alias(out[name]) for name, col in fmt.columns.items()
     ).with_columns(
-        pl.coalesce(_reason(out_names[name], col) for name, col in fmt.columns.items()
-                    if col.required).alias(_REASON)
-        if any(c.required for c in fmt.columns.values()) else pl.lit(None, pl.String).alias(_REASON)
-    ).select(_LINE, _REASON, *(pl.col(out_names[n]).alias(n) for n in fmt.columns)).collect()
-    bad = [(number, reason, lines.text(number)) for number, reason in
-           checked.filter(pl.col(_REASON).is_not_null()).select(_LINE, _REASON).iter_rows()]
-    good = checked.filter(pl.col(_REASON).is_null()).select(
-        pl.col(name).cast(dtype) for name, dtype in fmt.schema.items())
+        pl.all_horizontal(pl.col(out[name]).is_not_null() for name in required).alias(_OK)
+    ).collect()
+    bad: list[_Bad] = []
+    if not checked[_OK].all():
+        reasons = checked.filter(~pl.col(_OK)).select(
+            _LINE, pl.coalesce(_reason(out[name], fmt.columns[name]) for name in required))
+        bad = [(number, reason, lines.text(number)) for number, reason in reasons.iter_rows()]
+        checked = checked.filter(pl.col(_OK))
+    good = checked.select(pl.col(out[name]).cast(dtype).alias(name)
+                          for name, dtype in fmt.schema.items())
     return good, bad

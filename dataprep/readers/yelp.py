@@ -39,7 +39,7 @@ REVIEWS = RecordFormat(
         "user_id": Column(identifier("user_id"), ("user_id",)),
         "item_id": Column(identifier("business_id"), ("business_id",)),
         "rating": Column(number("stars", 1, 5), ("stars",)),
-        "ts": Column(date_seconds("date", *_DATE_FORMATS), ("date",)),
+        "ts": Column(date_seconds(pl.col("date"), *_DATE_FORMATS), ("date",)),
         "review": Column(review_text("text")),
     },
     schema=INTERACTION_SCHEMA,
@@ -69,7 +69,7 @@ USERS = RecordFormat(
         "fans": Column(number("fans", lo=0).cast(pl.Int32, strict=False)),
         "average_stars": Column(number("average_stars", 0, 5)),
         "yelping_since_year": Column(
-            pl.from_epoch(date_seconds("yelping_since", *_DATE_FORMATS)).dt.year()),
+            pl.from_epoch(date_seconds(pl.col("yelping_since"), *_DATE_FORMATS)).dt.year()),
     },
     schema=USER_SCHEMA,
 )
