@@ -1,0 +1,108 @@
+"""Vectorised normalisers for raw dump fields, shared by the JSON-lines readers.
+
+Every raw field arrives as text (``pl.String``: whatever JSON value the line held) or as a
+list of texts (``pl.List(pl.String)``). Each helper returns an expression that is null when
+the value is absent or unusable, so the engine in ``jsonl`` can reject a row whose required
+column came out null and name the field that caused it.
+"""
+
+from __future__ import annotations
+
+import html
+
+import polars as pl
+
+# Joins list elements while they are cleaned as one string; never occurs in review dumps.
+_UNIT_SEP = "\x1f"
+_SCRIPT_OR_STYLE = r"(?is)<script\b.*?</script\s*>|<style\b.*?</style\s*>"
+_TAG = r"</?[A-Za-z][^<>]*>"
+# Markup that survives tag stripping in scraped Amazon 2018 fields: CSS rules, JavaScript.
+_JUNK = r"(?i)getTime\(|\bvar\s+\w+\s*=|function\s*\(|\{[^{}]*:[^{}]*\}"
+# "$12.99", "12.99", "$1,299.00", "$3.99 - $8.99" (a range: its low end is kept).
+_PRICE = r"^\$?\s*([0-9][0-9,]*(?:\.[0-9]+)?)(?:\s*-\s*\$?\s*[0-9][0-9,]*(?:\.[0-9]+)?)?$"
+
+
+def _strip_markup(values: pl.Series) -> pl.Series:
+    """Drop script/style blocks and tags, then decode entities, touching only the values
+    that hold a ``<`` or ``&``: most review text has neither, and regexes cost."""
+    dirty = (values.str.contains("<", literal=True) | values.str.contains("&", literal=True))
+    dirty = dirty.fill_null(False)
+    if not dirty.any():
+        return values
+    where = dirty.arg_true()
+    subset = values.gather(where)
+    subset = subset.str.replace_all(_SCRIPT_OR_STYLE, " ").str.replace_all(_TAG, " ")
+    fixed = [html.unescape(v) if "&" in v else v for v in subset.to_list()]
+    return values.clone().scatter(where, fixed)
+
+
+def _null_if_empty(expr: pl.Expr) -> pl.Expr:
+    return expr.replace("", None)
+
+
+def strip_html(expr: pl.Expr) -> pl.Expr:
+    """Markup removed: script/style blocks and tags dropped, entities (``&amp;``) decoded."""
+    return expr.map_batches(_strip_markup, return_dtype=pl.String, is_elementwise=True)
+
+
+def review_text(field: str) -> pl.Expr:
+    """Free text kept close to the source: markup removed, line breaks kept."""
+    return _null_if_empty(strip_html(pl.col(field)).str.strip_chars())
+
+
+def short_text(field: str) -> pl.Expr:
+    """A title or name: markup removed, whitespace collapsed; CSS/JS junk becomes null."""
+    clean = strip_html(pl.col(field)).str.replace_all(r"\s+", " ").str.strip_chars()
+    return pl.when(~clean.str.contains(_JUNK)).then(_null_if_empty(clean))
+
+
+def text_list(texts: pl.Expr, sep: str) -> pl.Expr:
+    """A list of texts cleaned element-wise and joined with ``sep`` (``" | "`` gives the
+    categories form of ``ITEM_SCHEMA``); empty, junk and repeated elements dropped."""
+    cleaned = strip_html(texts.list.join(_UNIT_SEP)).str.split(_UNIT_SEP)
+    element = pl.element().str.replace_all(r"\s+", " ").str.strip_chars()
+    kept = (
+        cleaned.list.eval(element)
+        .list.eval(pl.element().filter((pl.element() != "") & ~pl.element().str.contains(_JUNK)))
+        .list.unique(maintain_order=True)
+    )
+    return _null_if_empty(kept.list.join(sep))
+
+
+def split_list(field: str, sep: str) -> pl.Expr:
+    """A separated string (Yelp's ``"Pizza, Restaurants"``) as a list of parts."""
+    return pl.col(field).str.split(sep)
+
+
+def identifier(field: str) -> pl.Expr:
+    """An id: surrounding whitespace stripped; empty is missing."""
+    return _null_if_empty(pl.col(field).str.strip_chars())
+
+
+def number(field: str, lo: float | None = None, hi: float | None = None) -> pl.Expr:
+    """A finite number (optionally within ``[lo, hi]``) as Float64; anything else is null."""
+    value = pl.col(field).cast(pl.Float64, strict=False)
+    ok = value.is_finite()
+    if lo is not None:
+        ok &= value >= lo
+    if hi is not None:
+        ok &= value <= hi
+    return pl.when(ok).then(value)
+
+
+def unix_seconds(field: str, per_second: int = 1) -> pl.Expr:
+    """An epoch timestamp in ``1/per_second`` units (1000 for milliseconds) as UTC seconds."""
+    return (number(field, lo=0) / per_second).floor().cast(pl.Int64, strict=False)
+
+
+def date_seconds(text: pl.Expr, *formats: str) -> pl.Expr:
+    """A naive date/time string, read as UTC, as epoch seconds; the first format that fits wins."""
+    raw = text.str.strip_chars()
+    parsed = [raw.str.strptime(pl.Datetime("us"), f, strict=False) for f in formats]
+    return pl.coalesce(parsed).dt.epoch("s")
+
+
+def price(field: str) -> pl.Expr:
+    """A price as Float64: numbers and ``"$12.99"`` strings; a range gives its low end."""
+    low_end = pl.col(field).str.strip_chars().str.extract(_PRICE, 1)
+    return low_end.str.replace_all(",", "", literal=True).cast(pl.Float64, strict=False)
