@@ -33,13 +33,16 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def all_sum_grads(params: list[torch.Tensor]) -> None:
-    """Sum gradients of shared parameters across ranks (missing grads count as zero)."""
-    if world()[1] == 1:
-        return
+    """Sum gradients of shared parameters across ranks.
+
+    A missing gradient counts as zero in every world size (also 1), so the optimizer
+    sees the same tensors whether or not this rank's part of a batch touched them.
+    """
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        if world()[1] > 1:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
 
 def broadcast(t: torch.Tensor) -> torch.Tensor:

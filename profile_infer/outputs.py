@@ -51,13 +51,19 @@ def codes_frame(user_ids: list[str], theta: torch.Tensor, codebooks: list[torch.
 
 def nearest_tokens(vectors: torch.Tensor, embeddings: torch.Tensor, tokenizer,
                    top: int = 5) -> list[list[dict]]:
-    """For each (n_tokens, d) vector group: the vocabulary tokens nearest by cosine."""
-    emb = torch.nn.functional.normalize(embeddings.detach().float().cpu(), dim=1)
+    """For each (n_tokens, d) vector group: the vocabulary tokens nearest by cosine.
+
+    Both sides are centred on the mean embedding first: θ starts at that mean, and raw
+    cosine then ranks the same few "hub" tokens first for every vector.
+    """
+    emb = embeddings.detach().float().cpu()
+    centre = emb.mean(0)
+    emb = torch.nn.functional.normalize(emb - centre, dim=1)
     out = []
     for group in vectors:
         per_slot = []
         for v in group:
-            sims = emb @ torch.nn.functional.normalize(v.float(), dim=0)
+            sims = emb @ torch.nn.functional.normalize(v.float() - centre, dim=0)
             best = sims.topk(top)
             per_slot.append([{"token": tokenizer.decode([int(i)]), "cosine": round(float(s), 4)}
                              for s, i in zip(best.values, best.indices)])
@@ -68,7 +74,8 @@ def nearest_tokens(vectors: torch.Tensor, embeddings: torch.Tensor, tokenizer,
 def explanation(cfg: ProfileConfig, codebooks, theta, user_ids, codes: pl.DataFrame,
                 embeddings, tokenizer, dim: int) -> dict:
     """Paper Table 7 analogue: nearest words to each centroid and to a few users' θ."""
-    result: dict = {"method": "cosine to the LM input embedding matrix", "profiles": {},
+    result: dict = {"method": "cosine to the LM input embeddings, centred on their mean",
+                    "profiles": {},
                     "users": []}
     for spec, cb in zip(cfg.profiles, codebooks):
         groups = cb.detach().float().cpu().reshape(spec.codebook_size, spec.n_tokens, dim)

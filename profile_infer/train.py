@@ -196,8 +196,10 @@ class Trainer:
         full = self.full_theta()
         for m, (spec, cb) in enumerate(zip(self.cfg.profiles, self.codebooks)):
             flat = full[:, self.layout.profile_slices[m]].reshape(self.n_rows, -1)
-            cents = torch.from_numpy(kmeans_codebook(flat.numpy(), spec.codebook_size,
-                                                     self.cfg.seed + m))
+            cents = torch.zeros(tuple(cb.shape))
+            if self.rank == 0:  # one k-means, broadcast: ranks cannot disagree on codebooks
+                cents = torch.from_numpy(kmeans_codebook(flat.numpy(), spec.codebook_size,
+                                                         self.cfg.seed + m))
             with torch.no_grad():
                 cb.copy_(dd.broadcast(cents).to(self.device))
         self.progress.codebooks_ready = True
@@ -257,6 +259,10 @@ class Trainer:
         cfg, pr = self.cfg, self.progress
         warmup = 0 if self.frozen else cfg.warmup_epochs
         total_epochs = warmup + cfg.max_epochs
+        if not pr.curves and pr.step == 0:  # the starting point of the validation curve
+            pr.curves.append({"epoch": -1, "phase": "init", "train_llm": float("nan"),
+                              "train_vec": float("nan"), "train_rec": float("nan"),
+                              "valid_llm": self.valid_loss()})
         while not pr.done and pr.epoch < total_epochs:
             joint = pr.epoch >= warmup
             if joint and not pr.codebooks_ready:

@@ -1,8 +1,15 @@
-"""``userip infer``: soft-prompt latent profiles on a frozen LM -> θ, codebooks, codes."""
+"""``userip infer``: soft-prompt latent profiles on a frozen LM -> θ, codebooks, codes.
+
+With ``profile.nproc`` > 1 the command re-launches itself under ``torchrun`` (one
+process per user shard); running it under ``torchrun`` yourself works the same way.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from userip.config import load_config
@@ -23,9 +30,19 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config).profile
+    if cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        argv = ["--config", str(args.config), "--data", str(args.data), "--out", str(args.out)]
+        if args.users:
+            argv += ["--users", str(args.users)]
+        if args.checkpoints:
+            argv += ["--checkpoints", str(args.checkpoints)]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={cfg.nproc}", "-m", "userip.cli", "infer", *argv]
+        return subprocess.run(cmd, check=False).returncode
     from profile_infer import infer
 
-    cfg = load_config(args.config).profile
     out = infer(cfg, args.data, args.out, users_file=args.users, ckpt_dir=args.checkpoints)
-    print(out)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(out)
     return 0
