@@ -128,6 +128,10 @@ class Config(Section):
         """Where a stage publishes its outputs inside the run's work dir."""
         return self.workdir / stage
 
+    def bank_dir(self) -> Path:
+        """The feature bank; a relative ``bank.path`` lives inside the work dir."""
+        return self.bank.path if self.bank.path.is_absolute() else self.workdir / self.bank.path
+
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read a YAML config; ``overrides`` are dotted keys, e.g. ``{"profile.max_epochs": 1}``."""
