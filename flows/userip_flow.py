@@ -57,18 +57,29 @@ def userip(
                        source_inputs(cfg.prepare), ["dataprep"])
     outputs["prepare"] = _run("prepare", plan, refresh, data, prepare_task,
                               section=cfg.prepare.model_dump(mode="json"))
+    if _last(plan, "prepare"):
+        return outputs
 
     profile = _stage_path(cfg, "infer", _profile_key_section(cfg), [data], ["profile_infer"])
     outputs["infer"] = _run("infer", plan, refresh, profile, infer_task,
                             section=cfg.profile.model_dump(mode="json"), data_dir=str(data))
+    if _last(plan, "infer"):
+        return outputs
 
     codes = _stage_path(cfg, "quantize", cfg.quantize.model_dump(mode="json"), [profile], ["quantize"])
     outputs["quantize"] = _run("quantize", plan, refresh, codes, quantize_task,
                                section=cfg.quantize.model_dump(mode="json"), profile_dir=str(profile))
+    if _last(plan, "quantize"):
+        return outputs
 
     outputs["export"] = _export(cfg, plan, refresh, codes / "userip", profile, data)
     get_run_logger().info("stage outputs: %s", outputs)
     return outputs
+
+
+def _last(plan: list[str], stage: str) -> bool:
+    """True when no planned stage comes after ``stage``."""
+    return STAGES.index(plan[-1]) <= STAGES.index(stage)
 
 
 def _nightly_refresh(cfg: Config, refresh: bool) -> dict[str, str]:

@@ -66,7 +66,7 @@ class ProfileConfig(Section):
         ProfileSpec(name="hobby", context="This user's hobby is", codebook_size=4),
         ProfileSpec(name="background", context="and the user's background is", codebook_size=3),
     )
-    task: str = ". Movies this user watched and liked:"
+    task: str = ". Items in this user's history, oldest first:"
     max_target_tokens: int = Field(64, ge=4)
     batch_size: int = Field(16, ge=1)
     lr: float = 1e-3
