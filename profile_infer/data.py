@@ -77,11 +77,15 @@ def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
     if len(dup):
         raise InputError(f"user {dup['user_id'][0]!r} appears more than once",
                          path=str(data_dir / "behaviour.parquet"), field="user_id")
+    unknown = 0
     if users is not None:
         beh = beh.filter(pl.col("user_id").is_in(list(users)))
+        unknown = len(users) - len(beh)
+        if unknown:
+            log.warning("%d listed users have no behaviour text; skipped", unknown)
     empty = beh.filter(pl.col("text").is_null() | (pl.col("text").str.strip_chars() == ""))
     beh = beh.filter(~pl.col("user_id").is_in(empty["user_id"].to_list()))
-    skipped = {"empty_behaviour_text": len(empty)}
+    skipped = {"empty_behaviour_text": len(empty), "listed_users_not_in_data": unknown}
     if len(empty):
         log.warning("skipping %d users with an empty behaviour text (e.g. %s)",
                     len(empty), empty["user_id"][0])

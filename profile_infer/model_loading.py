@@ -45,7 +45,7 @@ def pick_device(choice: str) -> tuple[torch.device, torch.dtype]:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ConfigError("profile.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda"), torch.bfloat16
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))), torch.bfloat16
     return torch.device("cpu"), torch.float32
 
 
@@ -125,5 +125,7 @@ def load_frozen_lm(model: str, device: str = "auto") -> LoadedLM:
         raise ConfigError(f"{path}: cannot load as a causal LM: {exc}") from exc
     lm.requires_grad_(False)
     lm.eval()
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     lm.to(dev)
     return LoadedLM(lm, tokenizer, path, dev, dtype, pad_fallback)

@@ -121,7 +121,8 @@ def publish(out_dir: Path, *, theta: torch.Tensor, user_ids: list[str], codebook
             fields = ["epoch", "phase", "train_llm", "train_vec", "train_rec", "valid_llm"]
             writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
-            writer.writerows(curves)
+            writer.writerows({k: ("" if isinstance(v, float) and v != v else v)
+                              for k, v in row.items()} for row in curves)  # NaN -> empty
         (tmp / "explanation.json").write_text(json.dumps(explain, indent=1, ensure_ascii=False))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         old = None
@@ -147,7 +148,7 @@ def load_published(profile_dir: Path) -> dict:
     meta = json.loads((profile_dir / "meta.json").read_text())
     cbs = load_file(str(profile_dir / CODEBOOKS))
     with open(profile_dir / "curves.csv", newline="") as fh:
-        curves = [{k: (v if k == "phase" else float(v)) for k, v in row.items()}
+        curves = [{k: (v if k == "phase" else float(v or "nan")) for k, v in row.items()}
                   for row in csv.DictReader(fh)]
     return {"theta": theta, "user_ids": user_ids, "meta": meta,
             "codebooks": [cbs[f"codebook.{p['name']}"] for p in meta["profiles"]],

@@ -45,7 +45,7 @@ def test_changing_theta1_leaves_profile2_and_moves_target_loss(tiny, attn):
     gen = torch.Generator().manual_seed(0)
     theta = torch.randn(2, 2, model.config.hidden_size, generator=gen)
     moved = theta.clone()
-    moved[:, 0] += torch.randn(2, model.config.hidden_size, generator=gen)
+    moved[:, 0] += 10 * torch.randn(2, model.config.hidden_size, generator=gen)
     with torch.no_grad():
         nll_a, n_a, h_a = target_nll(model, layout, theta, ids, real, return_hidden=True)
         nll_b, n_b, h_b = target_nll(model, layout, moved, ids, real, return_hidden=True)

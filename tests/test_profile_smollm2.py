@@ -25,14 +25,15 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 @pytest.mark.slow
 def test_smollm2_stays_frozen_and_profiles_fit(ml100k_small_dir: Path, tmp_path: Path):
-    cfg = ProfileConfig(max_target_tokens=16, batch_size=8, warmup_epochs=1, max_epochs=2,
-                        patience=5, lr=1e-2, checkpoint_every=1000)
+    cfg = ProfileConfig(max_target_tokens=16, batch_size=8, warmup_epochs=1, max_epochs=1,
+                        lr=1e-2, checkpoint_every=1000, valid_max_users=16)
     lm = load_frozen_lm(cfg.model)
     assert lm.path.name == "smollm2-135m" and type(lm.model).__name__ == "LlamaForCausalLM"
     assert all(not p.requires_grad for p in lm.model.parameters())
     before = weights_digest(lm.model)
     layout = build_layout(lm.tokenizer, cfg.profiles, cfg.task)
-    data = load_profile_data(ml100k_small_dir, lm.tokenizer, cfg.max_target_tokens)
+    data = load_profile_data(ml100k_small_dir, lm.tokenizer, cfg.max_target_tokens,
+                             valid_max_users=cfg.valid_max_users)
     trainer = Trainer(cfg, lm.model, layout, data, lm.device, lm.tokenizer.pad_token_id,
                       "test", tmp_path / "ckpt")
     theta0 = trainer.theta.clone()
