@@ -76,7 +76,8 @@ def prepare(data_dir: Path, codes: CodeSource | None, use_observed: bool) -> Pre
 
 
 def fit(name: str, data: Prepared, out_dir: Path, *, seed: int, hp: Hyper, epochs: int,
-        batch_size: int, lr: float, patience: int, variant: str, threads: int = 1) -> dict[str, Any]:
+        batch_size: int, lr: float, patience: int, variant: str, threads: int = 1,
+        extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train, keep the best-validation-AUC state, save into ``out_dir`` atomically.
 
     ``threads``: these models are tiny, so one thread per process is fastest; two
@@ -101,7 +102,7 @@ def fit(name: str, data: Prepared, out_dir: Path, *, seed: int, hp: Hyper, epoch
               "epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
               "fmap": data.fmap.to_json(), "codes": data.codes,
               "data_fingerprint": data.data_fingerprint,
-              "train_seconds": round(time.perf_counter() - start, 3), **info}
+              "train_seconds": round(time.perf_counter() - start, 3), **info, **(extra or {})}
     _save(model, record, Path(out_dir))
     return record
 
