@@ -107,11 +107,20 @@ class BankConfig(Section):
 class DownstreamConfig(Section):
     models: tuple[str, ...] = ("dcn",)
     seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, description="upper bound; the epoch is picked on validation AUC")
+    patience: int = Field(2, ge=1, description="stop after this many epochs without a better validation AUC")
     batch_size: int = Field(1024, ge=1)
     lr: float = 1e-3
     embedding_dim: int = Field(8, ge=1)
+    mlp: tuple[int, ...] = (16, 16)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    cross_layers: int = Field(3, ge=1)
     use_observed_features: bool = False
+    primary_codes: str = Field("userip", description="codes variant trained with every model (Tables 2, 3)")
+    transfer_models: tuple[str, ...] = Field(("pnn", "onn", "dcnv2"), description="Table 3: primary codes on these")
+    ablation_models: tuple[str, ...] = Field(("dcn",), description="Table 4 / Figs 6-7: other code variants on these")
+    threads: int = Field(1, ge=1, description="torch/LightGBM threads per training process")
+    workers: int = Field(1, ge=1, description="training processes run side by side")
     task_runner: Literal["thread", "dask", "ray"] = "thread"
 
 

@@ -1,0 +1,53 @@
+"""Test metrics: AUC, Logloss, UAUC, and the paper's relative improvements (Eqs. 8, 9)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from scipy import stats
+from sklearn.metrics import log_loss, roc_auc_score
+
+
+def uauc(user_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
+    """Per-user AUC averaged (unweighted) over users that have both labels.
+
+    Per-user AUC from average ranks (ties count half):
+    (sum of positive ranks - P(P+1)/2) / (P * N)."""
+    df = pl.DataFrame({"u": user_ids, "y": labels.astype(np.int8), "s": scores.astype(np.float64)})
+    per_user = (
+        df.with_columns(pl.col("s").rank("average").over("u").alias("r"))
+        .group_by("u")
+        .agg(pos=pl.col("y").sum().cast(pl.Float64), n=pl.len().cast(pl.Float64),
+             rank_pos=(pl.col("r") * pl.col("y")).sum())
+        .filter((pl.col("pos") > 0) & (pl.col("pos") < pl.col("n")))
+        .with_columns(auc=(pl.col("rank_pos") - pl.col("pos") * (pl.col("pos") + 1) / 2)
+                      / (pl.col("pos") * (pl.col("n") - pl.col("pos"))))
+    )
+    return float(per_user["auc"].mean()) if per_user.height else float("nan")
+
+
+def ctr_metrics(user_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    scores = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
+    return {"auc": float(roc_auc_score(labels, scores)),
+            "logloss": float(log_loss(labels, scores, labels=[0, 1])),
+            "uauc": uauc(user_ids, labels, scores),
+            "n": int(len(labels))}
+
+
+def ri_auc(model_auc: float, baseline_auc: float) -> float:
+    """Paper Eq. 8: (AUC(model) - 0.5) / (AUC(baseline) - 0.5) - 1."""
+    return (model_auc - 0.5) / (baseline_auc - 0.5) - 1.0
+
+
+def ri_logloss(model_logloss: float, baseline_logloss: float) -> float:
+    """Paper Eq. 9: (Logloss(baseline) - Logloss(model)) / Logloss(model)."""
+    return (baseline_logloss - model_logloss) / model_logloss
+
+
+def paired_p_value(with_codes: list[float], without: list[float]) -> float | None:
+    """Two-sided paired t-test (scipy.stats.ttest_rel) over seeds; None below 2 pairs
+    or when every difference is identical (the statistic is undefined)."""
+    a, b = np.asarray(with_codes, float), np.asarray(without, float)
+    if len(a) < 2 or len(a) != len(b) or np.allclose(a - b, (a - b)[0]):
+        return None
+    return float(stats.ttest_rel(a, b).pvalue)

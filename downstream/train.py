@@ -1,0 +1,207 @@
+"""Fit one zoo model on one data set with or without profile codes; save, load, score.
+
+The epoch (for LightGBM: the boosting round) is chosen on validation AUC only; the best
+state is kept and saved. A saved model records the code source it was trained on (bank
+version, manifest compat hash) and refuses to score against an incompatible one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from sklearn.metrics import roc_auc_score
+
+from downstream.features import (
+    CodeSource,
+    DenseProfiles,
+    FeatureMap,
+    codes_record,
+    load_interactions,
+    load_users,
+)
+from downstream.layers import Hyper
+from downstream.models import get_model, is_torch
+from feature_bank import FeatureBank, IncompatibleBankError
+from userip.errors import ConfigError, InputError
+from userip.fingerprint import hash_file
+
+MODEL_JSON = "model.json"
+_EVAL_BATCH = 8192
+
+
+@dataclass
+class Split:
+    user_ids: np.ndarray
+    x_cat: np.ndarray
+    x_dense: np.ndarray
+    y: np.ndarray
+
+
+@dataclass
+class Prepared:
+    """A data set encoded once for every model and seed trained on it."""
+
+    fmap: FeatureMap
+    splits: dict[str, Split]
+    codes: dict[str, Any] | None
+    data_fingerprint: str
+
+
+def prepare(data_dir: Path, codes: CodeSource | None, use_observed: bool) -> Prepared:
+    data_dir = Path(data_dir)
+    inter = load_interactions(data_dir)
+    users = load_users(data_dir)
+    train = inter.filter(pl.col("split") == "train")
+    if train.height == 0 or train["label"].n_unique() < 2:
+        raise InputError("the train split needs both labels", path=str(data_dir / "interactions.parquet"))
+    fmap = FeatureMap.build(train, users, codes, use_observed)
+    splits = {}
+    for name in ("train", "valid", "test"):
+        part = inter.filter(pl.col("split") == name)
+        uid = part["user_id"].to_numpy()
+        x_cat, x_dense = fmap.encode(uid, part["item_id"].to_numpy(), users, codes)
+        splits[name] = Split(uid, x_cat, x_dense, part["label"].to_numpy().astype(np.float32))
+    return Prepared(fmap, splits, codes_record(codes), hash_file(data_dir / "interactions.parquet"))
+
+
+def fit(name: str, data: Prepared, out_dir: Path, *, seed: int, hp: Hyper, epochs: int,
+        batch_size: int, lr: float, patience: int, variant: str, threads: int = 1,
+        extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train, keep the best-validation-AUC state, save into ``out_dir`` atomically.
+
+    ``threads``: these models are tiny, so one thread per process is fastest; two
+    threads on a shared 2-core box measured 16x slower per epoch (oversubscription)."""
+    torch.set_num_threads(threads)
+    try:
+        cls = get_model(name)
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}") from None
+    tr, va = data.splits["train"], data.splits["valid"]
+    if len(va.y) == 0 or len(np.unique(va.y)) < 2:
+        raise InputError("the valid split needs both labels to select epochs")
+    start = time.perf_counter()
+    model = cls(data.fmap, hp)
+    if is_torch(name):
+        info = _fit_torch(model, tr, va, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
+                          patience=patience)
+    else:
+        info = model.fit((tr.x_cat, tr.x_dense, tr.y), (va.x_cat, va.x_dense, va.y), seed=seed,
+                         threads=threads)
+    record = {"model": name, "variant": variant, "seed": seed, "hyper": asdict(hp),
+              "epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
+              "fmap": data.fmap.to_json(), "codes": data.codes,
+              "data_fingerprint": data.data_fingerprint,
+              "train_seconds": round(time.perf_counter() - start, 3), **info, **(extra or {})}
+    _save(model, record, Path(out_dir))
+    return record
+
+
+def _fit_torch(model: torch.nn.Module, tr: Split, va: Split, *, seed: int, epochs: int,
+               batch_size: int, lr: float, patience: int) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x_cat, x_dense, y = torch.from_numpy(tr.x_cat), torch.from_numpy(tr.x_dense), torch.from_numpy(tr.y)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    best_auc, best_epoch, best_state, history = -1.0, 0, None, []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for idx in torch.randperm(len(y), generator=gen).split(batch_size):
+            opt.zero_grad()
+            loss_fn(model(x_cat[idx], x_dense[idx]), y[idx]).backward()
+            opt.step()
+        auc = float(roc_auc_score(va.y, predict_torch(model, va.x_cat, va.x_dense)))
+        history.append(round(auc, 6))
+        if auc > best_auc:
+            best_auc, best_epoch, best_state = auc, epoch, copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= patience:
+            break
+    model.load_state_dict(best_state)
+    return {"best_epoch": best_epoch, "val_auc": best_auc, "val_auc_history": history}
+
+
+@torch.no_grad()
+def predict_torch(model: torch.nn.Module, x_cat: np.ndarray, x_dense: np.ndarray) -> np.ndarray:
+    model.eval()
+    xc, xd = torch.from_numpy(x_cat), torch.from_numpy(x_dense)
+    out = [torch.sigmoid(model(xc[i:i + _EVAL_BATCH], xd[i:i + _EVAL_BATCH]))
+           for i in range(0, len(xc), _EVAL_BATCH)]
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def _save(model: Any, record: dict[str, Any], out_dir: Path) -> None:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        if isinstance(model, torch.nn.Module):
+            torch.save(model.state_dict(), tmp / "model.pt")
+        else:
+            model.save(tmp)
+        (tmp / MODEL_JSON).write_text(json.dumps(record, indent=2, default=str))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class Scorer:
+    """A loaded model with its feature map; scores (user, item) pairs."""
+
+    def __init__(self, model_dir: Path) -> None:
+        model_dir = Path(model_dir)
+        path = model_dir / MODEL_JSON
+        if not path.is_file():
+            raise InputError("not a trained model dir (no model.json)", path=str(model_dir))
+        self.record = json.loads(path.read_text())
+        self.fmap = FeatureMap.from_json(self.record["fmap"])
+        self.name = self.record["model"]
+        self.model = get_model(self.name)(self.fmap, Hyper(**{k: tuple(v) if isinstance(v, list) else v
+                                                             for k, v in self.record["hyper"].items()}))
+        if isinstance(self.model, torch.nn.Module):
+            self.model.load_state_dict(torch.load(model_dir / "model.pt", weights_only=True))
+            self.model.eval()
+        else:
+            self.model.load(model_dir)
+
+    def check_codes(self, codes: CodeSource | None) -> None:
+        """Refuse a code source that is missing or means something else than at training."""
+        want = self.record["codes"]
+        if want is None:
+            return
+        if codes is None:
+            raise ConfigError(f"model {self.name} was trained with {want['kind']} profiles from "
+                              f"{want['source']}; give a bank or codes dir to score it")
+        if want["kind"] == "codes":
+            if not isinstance(codes, FeatureBank):
+                raise IncompatibleBankError("model was trained with discrete codes, got dense profiles")
+            codes.check_compatible(want["compat"])
+        elif not isinstance(codes, DenseProfiles) or codes.compat != want["compat"]:
+            raise IncompatibleBankError(f"dense profiles differ from those model {self.name} was trained on")
+
+    def score(self, user_ids: np.ndarray, item_ids: np.ndarray, users: pl.DataFrame | None,
+              codes: CodeSource | None) -> np.ndarray:
+        """Click probabilities; unseen users/items use the OOV index, users missing from
+        the bank the unknown code."""
+        self.check_codes(codes)
+        x_cat, x_dense = self.fmap.encode(np.asarray(user_ids, dtype=object),
+                                          np.asarray(item_ids, dtype=object), users, codes)
+        return self.predict_encoded(x_cat, x_dense)
+
+    def predict_encoded(self, x_cat: np.ndarray, x_dense: np.ndarray) -> np.ndarray:
+        if isinstance(self.model, torch.nn.Module):
+            return predict_torch(self.model, x_cat, x_dense)
+        return self.model.predict(x_cat, x_dense)

@@ -1,0 +1,125 @@
+"""Downstream zoo on tiny real data (the first 40 MovieLens-100K users, 1 epoch).
+
+Profile codes are stand-ins (FAISS k-means on random vectors, ``downstream.standin``):
+these tests check plumbing and contracts, not that codes help.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from downstream.features import open_codes
+from downstream.layers import Hyper
+from downstream.models import MODELS
+from downstream.standin import write_standin
+from downstream.train import Scorer, fit, prepare
+from feature_bank import FeatureBank, IncompatibleBankError, publish
+from userip.cli import main as cli_main
+from userip.errors import ConfigError, InputError
+
+FIT = dict(hp=Hyper(), epochs=1, batch_size=256, lr=1e-3, patience=1)
+
+
+@pytest.fixture(scope="module")
+def codes_dir(ml100k_small_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    users = pl.read_parquet(ml100k_small_dir / "users.parquet")["user_id"].to_list()
+    return write_standin(users, tmp_path_factory.mktemp("q") / "userip", method="userip")
+
+
+@pytest.fixture(scope="module")
+def prepared(ml100k_small_dir: Path, codes_dir: Path):
+    return prepare(ml100k_small_dir, open_codes(codes_dir), use_observed=True)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_fit_save_load_predict(name: str, prepared, codes_dir: Path, tmp_path: Path) -> None:
+    rec = fit(name, prepared, tmp_path / name, seed=0, variant="userip", **FIT)
+    scorer = Scorer(tmp_path / name)
+    va = prepared.splits["valid"]
+    p = scorer.predict_encoded(va.x_cat, va.x_dense)
+    assert p.shape == (len(va.y),) and np.all((p > 0) & (p < 1))
+    # the saved state is the one validation AUC was recorded for
+    assert roc_auc_score(va.y, p) == pytest.approx(rec["val_auc"], abs=1e-6)
+    assert scorer.record["codes"]["compat_hash"] == FeatureBank.from_codes_dir(codes_dir).manifest.compat_hash
+
+
+def test_epoch_is_chosen_on_validation(prepared, tmp_path: Path) -> None:
+    rec = fit("dcn", prepared, tmp_path / "m", seed=1, variant="userip",
+              **{**FIT, "epochs": 4, "patience": 4})
+    hist = rec["val_auc_history"]
+    assert len(hist) == 4 and rec["best_epoch"] == int(np.argmax(hist)) + 1
+    assert rec["val_auc"] == pytest.approx(max(hist), abs=1e-6)
+
+
+def test_unknown_users_items_and_bank_compatibility(prepared, ml100k_small_dir: Path,
+                                                    codes_dir: Path, tmp_path: Path) -> None:
+    fit("dcn", prepared, tmp_path / "m", seed=0, variant="userip", **FIT)
+    scorer = Scorer(tmp_path / "m")
+    bank_dir = tmp_path / "bank"
+    publish(codes_dir, bank_dir)
+    bank = FeatureBank.open(bank_dir)
+    fmap = scorer.fmap
+    x_cat, _ = fmap.encode(np.array(["ghost", fmap.users[0]], dtype=object),
+                           np.array(["no-such-item", fmap.items[0]], dtype=object), None, bank)
+    assert x_cat[0, 0] == len(fmap.users) and x_cat[0, 1] == len(fmap.items)   # OOV indices
+    assert list(x_cat[0, -2:]) == [4, 3]                                          # bank's unknown code
+    p = scorer.score(np.array(["ghost", fmap.users[0]]), np.array(["no-such-item", fmap.items[0]]), None, bank)
+    assert np.all(np.isfinite(p))
+
+    other = write_standin(fmap.users, tmp_path / "k5", profiles=(("hobby", 5), ("background", 3)))
+    with pytest.raises(IncompatibleBankError, match="profiles"):
+        scorer.score(np.array([fmap.users[0]]), np.array([fmap.items[0]]), None, open_codes(other))
+    with pytest.raises(ConfigError, match="trained with codes profiles"):
+        scorer.score(np.array([fmap.users[0]]), np.array([fmap.items[0]]), None, None)
+
+
+def test_bad_labels_and_corrupt_parquet(ml100k_small_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(ml100k_small_dir, data)
+    inter = pl.read_parquet(data / "interactions.parquet")
+    inter.with_columns(pl.when(pl.int_range(pl.len()) == 7).then(2).otherwise(pl.col("label"))
+                       .cast(pl.Int8).alias("label")).write_parquet(data / "interactions.parquet")
+    with pytest.raises(InputError, match=r"interactions.parquet:7: label must be 0 or 1, found 2"):
+        prepare(data, None, use_observed=False)
+    (data / "interactions.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(InputError, match="cannot read Parquet"):
+        prepare(data, None, use_observed=False)
+
+
+def test_cli_train_evaluate_report(ml100k_small_dir: Path, codes_dir: Path, tmp_path: Path) -> None:
+    q = tmp_path / "quantize"
+    shutil.copytree(codes_dir, q / "userip")
+    users = pl.read_parquet(ml100k_small_dir / "users.parquet")["user_id"].to_list()
+    write_standin(users, q / "kmeans", method="kmeans", seed=3)
+    write_standin(users, q / "kmeans_K8", method="kmeans", profiles=(("hobby", 8), ("background", 8)), seed=4)
+    write_standin(users, q / "none", method="none")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("downstream:\n  models: [dcn]\n  transfer_models: [pnn]\n  seeds: [0, 1]\n"
+                   "  epochs: 1\n  batch_size: 256\n")
+    run = tmp_path / "run"
+    common = ["--config", str(cfg), "--data", str(ml100k_small_dir)]
+    assert cli_main(["train", *common, "--codes", str(q), "--out", str(run)]) == 0
+    assert cli_main(["evaluate", *common, "--run", str(run)]) == 0
+    assert cli_main(["report", "--config", str(cfg), "--data", str(ml100k_small_dir), "--run", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    dcn = metrics["models"]["dcn"]
+    assert set(dcn) == {"without", "userip", "kmeans", "kmeans_K8", "none"}
+    assert set(metrics["models"]["pnn"]) == {"without", "userip"}
+    for key in ("auc", "auc_std", "logloss", "logloss_std", "uauc", "n_seeds", "p_value"):
+        assert key in dcn["userip"]
+    assert dcn["userip"]["n_seeds"] == 2
+    report = (run / "report.md").read_text()
+    assert "Table 2" in report and "Table 3" in report and "Table 4" in report and "STAND-IN" in report
+    assert (run / "fig6_auc_vs_codebook_kmeans.png").stat().st_size > 0
+    assert set(metrics["probe"]["userip"]) == {"occupation", "gender", "age_band"}
+    # scoring a codes model against an incompatible bank is refused by evaluate
+    bank = tmp_path / "bank"
+    publish(q / "kmeans_K8", bank)
+    assert cli_main(["evaluate", *common, "--run", str(run), "--bank", str(bank)]) == 2
