@@ -236,7 +236,10 @@ def _line_chunks(path: Path, rejects: RejectLog,
                                raw=carry[:2000].decode("utf-8", "replace"))
                 carry, skipping = b"", True
             continue
-        chunk = block if not carry and cut == len(block) else b"".join((carry, block[:cut]))
+        if carry or cut < len(block):
+            chunk = b"".join((carry, memoryview(block)[:cut]))
+        else:
+            chunk = block  # the common case: a line-aligned block, used without a copy
         count = int(np.count_nonzero(np.frombuffer(chunk, np.uint8) == ord("\n")))
         yield next_line, count, chunk
         next_line += count
