@@ -33,7 +33,7 @@ def _strip_markup(values: pl.Series) -> pl.Series:
     if tagged.any():
         where = tagged.arg_true()
         out.scatter(where, out.gather(where).str.replace_all(_SCRIPT_OR_STYLE, " ")
-                    .str.replace_all(_TAG, " "))
+                    .str.replace_all(_TAG, " ").str.strip_chars())
     coded = out.str.contains("&", literal=True).fill_null(False)
     if coded.any():
         where = coded.arg_true()
@@ -51,8 +51,8 @@ def strip_html(expr: pl.Expr) -> pl.Expr:
 
 
 def review_text(field: str) -> pl.Expr:
-    """Free text kept close to the source: markup removed, line breaks kept."""
-    return _null_if_empty(strip_html(pl.col(field)).str.strip_chars())
+    """Free text kept as written (line breaks and all), markup removed; empty is null."""
+    return _null_if_empty(strip_html(pl.col(field)))
 
 
 def short_text(field: str) -> pl.Expr:
