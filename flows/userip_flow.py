@@ -2,20 +2,23 @@
 
 Each stage's output lives in ``<workdir>/<stage>/<content key>``; a stage whose key has
 not changed is a Prefect cache hit, so changing a downstream setting re-runs only the
-stages after it.
+stages after it. ``mode="refresh"`` is the nightly job: prepare the new dumps, re-infer
+only users whose train history changed (LM and codebooks frozen), publish a bank version.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact
 
 from dataprep.readers import source_inputs
-from tasks.stages import prepare_task
-from userip.config import load_config
-from userip.fingerprint import stage_key
+from profile_infer.model_loading import resolve_model_dir
+from tasks.stages import export_task, infer_task, prepare_task, quantize_task, refresh_task
+from userip.config import Config, load_config
+from userip.fingerprint import model_fingerprint, stage_key
 
 STAGES = ("prepare", "infer", "quantize", "export", "train", "evaluate", "report")
 
@@ -41,18 +44,92 @@ def userip(
     from_stage: str | None = None,
     overrides: dict[str, Any] | None = None,
     refresh: bool = False,
+    mode: Literal["full", "refresh"] = "full",
 ) -> dict[str, str]:
     """Run the chosen stages; returns each stage's output directory."""
-    logger = get_run_logger()
     cfg = load_config(config, overrides)
+    if mode == "refresh":
+        return _nightly_refresh(cfg, refresh)
     plan = select_stages(stages, from_stage)
     outputs: dict[str, str] = {}
 
-    section = cfg.prepare.model_dump(mode="json")
-    data = cfg.stage_dir("prepare") / stage_key("prepare", section, source_inputs(cfg.prepare), ["dataprep"])
-    outputs["prepare"] = _run("prepare", plan, refresh, data, prepare_task, section=section)
-    logger.info("stage outputs: %s", outputs)
+    data = _stage_path(cfg, "prepare", cfg.prepare.model_dump(mode="json"),
+                       source_inputs(cfg.prepare), ["dataprep"])
+    outputs["prepare"] = _run("prepare", plan, refresh, data, prepare_task,
+                              section=cfg.prepare.model_dump(mode="json"))
+
+    profile = _stage_path(cfg, "infer", _profile_key_section(cfg), [data], ["profile_infer"])
+    outputs["infer"] = _run("infer", plan, refresh, profile, infer_task,
+                            section=cfg.profile.model_dump(mode="json"), data_dir=str(data))
+
+    codes = _stage_path(cfg, "quantize", cfg.quantize.model_dump(mode="json"), [profile], ["quantize"])
+    outputs["quantize"] = _run("quantize", plan, refresh, codes, quantize_task,
+                               section=cfg.quantize.model_dump(mode="json"), profile_dir=str(profile))
+
+    outputs["export"] = _export(cfg, plan, refresh, codes / "userip", profile, data)
+    get_run_logger().info("stage outputs: %s", outputs)
     return outputs
+
+
+def _nightly_refresh(cfg: Config, refresh: bool) -> dict[str, str]:
+    """prepare -> re-infer changed users on the bank's current profile -> quantize -> export."""
+    from feature_bank import FeatureBank
+
+    logger = get_run_logger()
+    plan = ["prepare", "infer", "quantize", "export"]
+    data = _stage_path(cfg, "prepare", cfg.prepare.model_dump(mode="json"),
+                       source_inputs(cfg.prepare), ["dataprep"])
+    outputs = {"prepare": _run("prepare", plan, refresh, data, prepare_task,
+                               section=cfg.prepare.model_dump(mode="json"))}
+    current = FeatureBank.open(cfg.bank_dir())
+    base = Path(current.manifest.extra["source_profile"])
+    profile = _stage_path(cfg, "refresh", _profile_key_section(cfg), [data, base], ["profile_infer"])
+    refreshed = _run("infer", plan, refresh, profile, refresh_task,
+                     section=cfg.profile.model_dump(mode="json"), base_profile=str(base),
+                     data_dir=str(data))
+    if not Path(refreshed).exists():
+        logger.info("no user's history changed; the bank stays at %s", current.source)
+        return {**outputs, "export": current.source}
+    outputs["infer"] = refreshed
+    section = cfg.quantize.model_copy(update={"methods": ("userip",), "sweep": {}}).model_dump(mode="json")
+    codes = _stage_path(cfg, "quantize", section, [profile], ["quantize"])
+    outputs["quantize"] = _run("quantize", plan, refresh, codes, quantize_task,
+                               section=section, profile_dir=str(profile))
+    outputs["export"] = _export(cfg, plan, refresh, codes / "userip", profile, data)
+    return outputs
+
+
+def _export(cfg: Config, plan: list[str], refresh: bool, codes: Path, profile: Path,
+            data: Path) -> str:
+    marker = _stage_path(cfg, "export", {**cfg.bank.model_dump(mode="json"),
+                                         "bank": str(cfg.bank_dir())}, [codes], ["feature_bank"])
+    published = marker / "version.txt"
+    stale = published.is_file() and not Path(published.read_text().strip()).exists()
+    version = _run("export", plan, refresh or stale, marker, export_task,
+                   codes_dir=str(codes), codebook=str(profile / "codebooks.safetensors"),
+                   lm_id=cfg.profile.model, data_dir=str(data), bank_dir=str(cfg.bank_dir()),
+                   keep=cfg.bank.keep_versions)
+    if "export" in plan:
+        create_link_artifact(key=f"userip-bank-{_slug(cfg.name)}", link=Path(version).resolve().as_uri(),
+                             link_text=Path(version).name,
+                             description=f"Feature bank version published by this run ({cfg.name})")
+    return version
+
+
+def _profile_key_section(cfg: Config) -> dict[str, Any]:
+    """The profile section plus the model's identity: a new model means new profiles."""
+    return {**cfg.profile.model_dump(mode="json"),
+            "_model": model_fingerprint(resolve_model_dir(cfg.profile.model))}
+
+
+def _stage_path(cfg: Config, stage: str, section: dict[str, Any], inputs: list,
+                packages: list[str]) -> Path:
+    return cfg.stage_dir(stage) / stage_key(stage, section, inputs, packages)
+
+
+def _slug(name: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return "".join(c if c.isalnum() else "-" for c in name.lower())
 
 
 def _run(stage: str, plan: list[str], refresh: bool, out_dir: Path, task_fn, **params: Any) -> str:

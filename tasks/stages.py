@@ -35,3 +35,53 @@ def prepare_task(section: dict[str, Any], out_dir: str) -> str:
 
     prepare(PrepareConfig.model_validate(section), Path(out_dir))
     return out_dir
+
+
+@stage_task("infer")
+def infer_task(section: dict[str, Any], data_dir: str, out_dir: str,
+               users_file: str | None = None) -> str:
+    """Profile inference; resumes from ``<out_dir>.ckpt`` when an earlier run was killed."""
+    from profile_infer import infer
+    from userip.config import ProfileConfig
+
+    infer(ProfileConfig.model_validate(section), Path(data_dir), Path(out_dir),
+          users_file=Path(users_file) if users_file else None)
+    return out_dir
+
+
+@stage_task("refresh")
+def refresh_task(section: dict[str, Any], base_profile: str, data_dir: str, out_dir: str) -> str:
+    """Nightly: re-infer changed users on the frozen base profile; publishes nothing when
+    no history changed."""
+    from profile_infer.refresh import refresh_profiles
+    from userip.config import ProfileConfig
+
+    refresh_profiles(ProfileConfig.model_validate(section), Path(base_profile), Path(data_dir),
+                     Path(out_dir))
+    return out_dir
+
+
+@stage_task("quantize")
+def quantize_task(section: dict[str, Any], profile_dir: str, out_dir: str) -> str:
+    from quantize import quantize
+    from userip.config import QuantizeConfig
+
+    quantize(QuantizeConfig.model_validate(section), Path(profile_dir), Path(out_dir))
+    return out_dir
+
+
+@stage_task("export")
+def export_task(codes_dir: str, codebook: str, lm_id: str, data_dir: str, bank_dir: str,
+                keep: int, out_dir: str) -> str:
+    """Publish a new bank version; ``out_dir`` records which one, so a cache hit publishes
+    nothing new."""
+    from feature_bank import publish
+    from userip.atomic import publish_dir, staging_dir
+    from userip.fingerprint import hash_paths
+
+    version = publish(Path(codes_dir), Path(bank_dir), keep, codebook=Path(codebook),
+                      lm_id=lm_id, data_fingerprint=hash_paths([Path(data_dir) / "interactions.parquet"]))
+    with staging_dir(Path(out_dir)) as tmp:
+        (tmp / "version.txt").write_text(f"{version}\n")
+        publish_dir(tmp, Path(out_dir))
+    return str(version)

@@ -10,7 +10,7 @@ import sys
 from userip.errors import UseripError
 
 # Each entry is a module under userip/commands with add_parser(subparsers) and run(args).
-COMMANDS = ("prepare", "run")
+COMMANDS = ("prepare", "run", "infer", "quantize", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

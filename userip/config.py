@@ -82,6 +82,8 @@ class ProfileConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     nproc: int = Field(1, ge=1, description="processes for torchrun data parallelism")
     explain_users: int = Field(5, ge=0)
+    valid_max_users: int | None = Field(
+        None, ge=1, description="validation LM loss on a fixed seeded subset of this many users")
 
 
 class QuantizeConfig(Section):
@@ -90,6 +92,11 @@ class QuantizeConfig(Section):
     )
     none_dim: int = Field(8, ge=1, description="dense width of the un-quantized ablation")
     seed: int = 0
+    agglomerative_max_users: int = Field(
+        20000, ge=2, description="fit agglomerative clustering on a seeded sample this large")
+    sweep: dict[str, tuple[int, ...]] = Field(
+        default_factory=dict,
+        description="codebook-size sweep (k-means on the final θ), e.g. {hobby: [4, 8, 16]}")
 
 
 class BankConfig(Section):
@@ -120,6 +127,10 @@ class Config(Section):
     def stage_dir(self, stage: str) -> Path:
         """Where a stage publishes its outputs inside the run's work dir."""
         return self.workdir / stage
+
+    def bank_dir(self) -> Path:
+        """The feature bank; a relative ``bank.path`` lives inside the work dir."""
+        return self.bank.path if self.bank.path.is_absolute() else self.workdir / self.bank.path
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:

@@ -61,3 +61,17 @@ def stage_key(stage: str, section: dict | str, inputs: Iterable[Path | str | Non
         sort_keys=True, default=str,
     )
     return hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """Cheap identity of a local HF model folder: its config and tokenizer files' content
+    plus each weight file's name and size (hashing 16 GB of Llama weights every run is not
+    worth it; weights are not edited in place)."""
+    model_dir = Path(model_dir)
+    digest = hashlib.blake2b(digest_size=16)
+    for f in sorted(p for p in model_dir.iterdir() if p.is_file()):
+        if f.suffix in {".json", ".txt", ".model"}:
+            digest.update(f"{f.name}\0{hash_file(f)}\0".encode())
+        else:
+            digest.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+    return digest.hexdigest()

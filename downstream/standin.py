@@ -1,0 +1,54 @@
+"""Stand-in quantizer outputs: FAISS k-means on RANDOM vectors, in the quantizer's format.
+
+These codes carry no information about users. They exist only so the bank, the
+downstream zoo and the report can be exercised end to end before the profile stage's
+real codes land; every meta.json written here says so in its ``note``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+import faiss
+import numpy as np
+import polars as pl
+
+NOTE = "STAND-IN: FAISS k-means on random vectors (no user information)"
+
+
+def write_standin(user_ids: Sequence[str], out_dir: Path, *, method: str = "kmeans",
+                  profiles: Sequence[tuple[str, int]] = (("hobby", 4), ("background", 3)),
+                  dim: int = 16, seed: int = 0) -> Path:
+    """Write ``codes.parquet`` (or ``dense.parquet`` for method ``none``) + ``meta.json``."""
+    rng = np.random.default_rng(seed)
+    n = len(user_ids)
+    cols: dict[str, object] = {"user_id": list(user_ids)}
+    for name, k in profiles:
+        x = rng.standard_normal((n, dim)).astype(np.float32)
+        if method == "none":
+            for j in range(dim):
+                cols[f"{name}_{j}"] = x[:, j]
+            continue
+        km = faiss.Kmeans(dim, k, niter=10, seed=seed, verbose=False)
+        km.train(x)
+        dist, idx = km.index.search(x, 1)
+        cols[name] = idx[:, 0].astype(np.int32)
+        cols[f"dist_{name}"] = dist[:, 0].astype(np.float32)
+    kind = "dense" if method == "none" else "codes"
+    meta = {"method": method, "kind": kind, "note": NOTE,
+            "profiles": [{"name": nm, "K": k} for nm, k in profiles]}
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    pl.DataFrame(cols).write_parquet(tmp / ("dense.parquet" if kind == "dense" else "codes.parquet"))
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.rename(tmp, out_dir)
+    return out_dir

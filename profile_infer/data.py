@@ -1,0 +1,126 @@
+"""Read the dataprep outputs the profile stage needs, with the bad-input fallbacks.
+
+Fallbacks (counted in ``skipped`` and reported in meta.json): users whose behaviour
+text is empty or null are skipped (no θ, no code); targets are cut to
+``max_target_tokens`` and to the model's context; users without train interactions
+keep their θ but add nothing to ℓ_rec.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from userip.errors import InputError
+
+log = logging.getLogger(__name__)
+
+BEHAVIOUR_COLUMNS = {"user_id": pl.String, "user_idx": pl.Int32, "text": pl.String}
+
+
+@dataclass
+class ProfileData:
+    user_ids: list[str]                 # table row -> user id (sorted by user_idx)
+    targets: list[list[int]]            # table row -> target token ids (train behaviour)
+    valid_rows: np.ndarray              # rows that have a validation text
+    valid_targets: list[list[int]]      # aligned with valid_rows
+    inter_offsets: np.ndarray           # CSR over rows into inter_items / inter_labels
+    inter_items: np.ndarray
+    inter_labels: np.ndarray
+    n_items: int
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def interactions(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(position in ``rows``, item_idx, label) of the train interactions of ``rows``."""
+        starts, ends = self.inter_offsets[rows], self.inter_offsets[rows + 1]
+        pos = np.repeat(np.arange(len(rows)), ends - starts)
+        idx = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(rows) else []
+        idx = np.asarray(idx, dtype=np.int64)
+        return pos, self.inter_items[idx], self.inter_labels[idx]
+
+
+def _read(path: Path, columns: dict[str, pl.DataType]) -> pl.DataFrame:
+    if not path.is_file():
+        raise InputError("file not found (run `userip prepare` first)", path=str(path))
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - polars/arrow raise many kinds
+        raise InputError(f"not a readable Parquet file: {exc}", path=str(path)) from exc
+    for name, dtype in columns.items():
+        if name not in frame.columns:
+            raise InputError("missing column", path=str(path), field=name)
+        try:
+            frame = frame.with_columns(pl.col(name).cast(dtype))
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"column cannot be read as {dtype}: {exc}",
+                             path=str(path), field=name) from exc
+    return frame
+
+
+def tokenize_targets(tokenizer, texts: list[str], limit: int) -> list[list[int]]:
+    """Token ids of ``" " + text`` (a continuation of the prompt), cut to ``limit``."""
+    ids = tokenizer([" " + t for t in texts], add_special_tokens=False).input_ids
+    return [x[:limit] for x in ids]
+
+
+def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
+                      users: set[str] | None = None, valid_max_users: int | None = None,
+                      seed: int = 0) -> ProfileData:
+    """Behaviour texts -> target ids; train interactions -> CSR by table row."""
+    data_dir = Path(data_dir)
+    beh = _read(data_dir / "behaviour.parquet", BEHAVIOUR_COLUMNS).sort("user_idx")
+    dup = beh.filter(pl.col("user_id").is_duplicated())
+    if len(dup):
+        raise InputError(f"user {dup['user_id'][0]!r} appears more than once",
+                         path=str(data_dir / "behaviour.parquet"), field="user_id")
+    if users is not None:
+        beh = beh.filter(pl.col("user_id").is_in(list(users)))
+    empty = beh.filter(pl.col("text").is_null() | (pl.col("text").str.strip_chars() == ""))
+    beh = beh.filter(~pl.col("user_id").is_in(empty["user_id"].to_list()))
+    skipped = {"empty_behaviour_text": len(empty)}
+    if len(empty):
+        log.warning("skipping %d users with an empty behaviour text (e.g. %s)",
+                    len(empty), empty["user_id"][0])
+    if not len(beh):
+        raise InputError("no user with a non-empty behaviour text",
+                         path=str(data_dir / "behaviour.parquet"), field="text")
+    user_ids = beh["user_id"].to_list()
+    full = tokenizer([" " + t for t in beh["text"].to_list()], add_special_tokens=False).input_ids
+    skipped["truncated_targets"] = sum(len(x) > max_target_tokens for x in full)
+    targets = [x[:max_target_tokens] for x in full]
+    row_of = {u: i for i, u in enumerate(user_ids)}
+
+    valid_path = data_dir / "behaviour_valid.parquet"
+    valid_rows: list[int] = []
+    valid_targets: list[list[int]] = []
+    if valid_path.is_file():
+        val = _read(valid_path, BEHAVIOUR_COLUMNS).sort("user_idx")
+        val = val.filter(pl.col("user_id").is_in(user_ids) & pl.col("text").is_not_null()
+                         & (pl.col("text").str.strip_chars() != ""))
+        if valid_max_users is not None and len(val) > valid_max_users:
+            val = val.sample(valid_max_users, seed=seed).sort("user_idx")
+        valid_rows = [row_of[u] for u in val["user_id"].to_list()]
+        valid_targets = tokenize_targets(tokenizer, val["text"].to_list(), max_target_tokens)
+    else:
+        log.warning("%s missing: no validation LM loss, no early stopping", valid_path)
+
+    inter = _read(data_dir / "interactions.parquet",
+                  {"user_id": pl.String, "item_idx": pl.Int32, "label": pl.Int8,
+                   "split": pl.String})
+    n_items = int(inter["item_idx"].max() or 0) + 1
+    train = (inter.filter(pl.col("split") == "train")
+             .join(pl.DataFrame({"user_id": user_ids,
+                                 "row": np.arange(len(user_ids), dtype=np.int64)}),
+                   on="user_id", how="inner")
+             .sort("row"))
+    rows = train["row"].to_numpy()
+    counts = np.bincount(rows, minlength=len(user_ids))
+    skipped["users_without_train_interactions"] = int((counts == 0).sum())
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return ProfileData(user_ids, targets, np.asarray(valid_rows, dtype=np.int64), valid_targets,
+                       offsets, train["item_idx"].to_numpy().astype(np.int64),
+                       train["label"].to_numpy().astype(np.int64), n_items, skipped)

@@ -1,0 +1,155 @@
+"""Publish a profile directory: θ, codebooks, codes, curves, explanation, meta.
+
+Everything is written into a temp dir beside the destination and renamed into place,
+so a reader never sees a half-written profile.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import faiss
+import numpy as np
+import polars as pl
+import torch
+from safetensors.torch import load_file, save_file
+
+from userip.config import ProfileConfig
+
+THETA, CODEBOOKS, SURROGATE, CODES = ("theta.safetensors", "codebooks.safetensors",
+                                      "surrogate.safetensors", "codes.parquet")
+
+
+def assign_codes(flat: np.ndarray, codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """c = argmin_k ||θ − v_k|| with a FAISS flat L2 index (on GPU when FAISS has one).
+
+    Returns codes (int32) and the Euclidean distance to the chosen centroid (float32).
+    """
+    index = faiss.IndexFlatL2(codebook.shape[1])
+    if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    index.add(np.ascontiguousarray(codebook, dtype=np.float32))
+    dist, idx = index.search(np.ascontiguousarray(flat, dtype=np.float32), 1)
+    return idx[:, 0].astype(np.int32), np.sqrt(np.maximum(dist[:, 0], 0)).astype(np.float32)
+
+
+def codes_frame(user_ids: list[str], theta: torch.Tensor, codebooks: list[torch.Tensor],
+                cfg: ProfileConfig, slices) -> pl.DataFrame:
+    cols: dict[str, object] = {"user_id": pl.Series(user_ids, dtype=pl.String)}
+    for spec, cb, sl in zip(cfg.profiles, codebooks, slices):
+        flat = theta[:, sl].reshape(len(theta), -1).numpy()
+        codes, dist = assign_codes(flat, cb.detach().float().cpu().numpy())
+        cols[spec.name] = pl.Series(codes, dtype=pl.Int32)
+        cols[f"dist_{spec.name}"] = pl.Series(dist, dtype=pl.Float32)
+    return pl.DataFrame(cols)
+
+
+def nearest_tokens(vectors: torch.Tensor, embeddings: torch.Tensor, tokenizer,
+                   top: int = 5) -> list[list[dict]]:
+    """For each (n_tokens, d) vector group: the vocabulary tokens nearest by cosine.
+
+    Both sides are centred on the mean embedding first: θ starts at that mean, and raw
+    cosine then ranks the same few "hub" tokens first for every vector.
+    """
+    emb = embeddings.detach().float().cpu()
+    centre = emb.mean(0)
+    emb = torch.nn.functional.normalize(emb - centre, dim=1)
+    out = []
+    for group in vectors:
+        per_slot = []
+        for v in group:
+            sims = emb @ torch.nn.functional.normalize(v.float() - centre, dim=0)
+            best = sims.topk(top)
+            per_slot.append([{"token": tokenizer.decode([int(i)]), "cosine": round(float(s), 4)}
+                             for s, i in zip(best.values, best.indices)])
+        out.append(per_slot)
+    return out
+
+
+def explanation(cfg: ProfileConfig, codebooks, theta, user_ids, codes: pl.DataFrame,
+                embeddings, tokenizer, dim: int) -> dict:
+    """Paper Table 7 analogue: nearest words to each centroid and to a few users' θ."""
+    result: dict = {"method": "cosine to the LM input embeddings, centred on their mean",
+                    "profiles": {},
+                    "users": []}
+    for spec, cb in zip(cfg.profiles, codebooks):
+        groups = cb.detach().float().cpu().reshape(spec.codebook_size, spec.n_tokens, dim)
+        near = nearest_tokens(groups, embeddings, tokenizer)
+        sizes = codes[spec.name].value_counts().sort(spec.name)
+        count = dict(zip(sizes[spec.name].to_list(), sizes["count"].to_list()))
+        result["profiles"][spec.name] = [
+            {"code": k, "users": int(count.get(k, 0)), "nearest_tokens": near[k]}
+            for k in range(spec.codebook_size)]
+    rng = np.random.default_rng(cfg.seed)
+    picks = rng.choice(len(user_ids), size=min(cfg.explain_users, len(user_ids)), replace=False)
+    for r in sorted(picks.tolist()):
+        entry = {"user_id": user_ids[r], "profiles": {}}
+        start = 0
+        for spec in cfg.profiles:
+            slot = theta[r, start: start + spec.n_tokens]
+            start += spec.n_tokens
+            entry["profiles"][spec.name] = {
+                "code": int(codes[spec.name][r]),
+                "nearest_tokens": nearest_tokens(slot[None], embeddings, tokenizer)[0]}
+        result["users"].append(entry)
+    return result
+
+
+def publish(out_dir: Path, *, theta: torch.Tensor, user_ids: list[str], codebooks,
+            surrogate_state: dict, codes: pl.DataFrame, curves: list[dict], explain: dict,
+            meta: dict) -> Path:
+    """Write all outputs to a temp dir beside ``out_dir`` and rename it into place."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        profiles = meta["profiles"]
+        save_file({"theta": theta.contiguous()}, tmp / THETA,
+                  metadata={"user_ids": json.dumps(user_ids), "profiles": json.dumps(profiles)})
+        save_file({f"codebook.{p['name']}": cb.detach().float().cpu().contiguous()
+                   for p, cb in zip(profiles, codebooks)}, tmp / CODEBOOKS,
+                  metadata={"profiles": json.dumps(profiles)})
+        save_file({k: v.detach().cpu().contiguous() for k, v in surrogate_state.items()},
+                  tmp / SURROGATE)
+        codes.write_parquet(tmp / CODES)
+        with open(tmp / "curves.csv", "w", newline="") as fh:
+            fields = ["epoch", "phase", "train_llm", "train_vec", "train_rec", "valid_llm"]
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(curves)
+        (tmp / "explanation.json").write_text(json.dumps(explain, indent=1, ensure_ascii=False))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def load_published(profile_dir: Path) -> dict:
+    """Read back θ (+ user ids), codebooks, surrogate state and meta of a published profile."""
+    profile_dir = Path(profile_dir)
+    from safetensors import safe_open
+
+    with safe_open(str(profile_dir / THETA), framework="pt") as fh:
+        user_ids = json.loads(fh.metadata()["user_ids"])
+        theta = fh.get_tensor("theta")
+    meta = json.loads((profile_dir / "meta.json").read_text())
+    cbs = load_file(str(profile_dir / CODEBOOKS))
+    with open(profile_dir / "curves.csv", newline="") as fh:
+        curves = [{k: (v if k == "phase" else float(v)) for k, v in row.items()}
+                  for row in csv.DictReader(fh)]
+    return {"theta": theta, "user_ids": user_ids, "meta": meta,
+            "codebooks": [cbs[f"codebook.{p['name']}"] for p in meta["profiles"]],
+            "surrogate": load_file(str(profile_dir / SURROGATE)),
+            "codes": pl.read_parquet(profile_dir / CODES), "curves": curves}

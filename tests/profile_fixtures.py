@@ -1,0 +1,69 @@
+"""Small files for the profile/quantize tests: a tiny random Llama and a data dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from profile_infer.model_loading import materialize_embedded
+
+
+def write_tiny_llama(path: Path, seed: int = 0) -> Path:
+    """A random 2-layer Llama with the real SmolLM2 tokenizer (for plumbing only)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if (path / "config.json").is_file():
+        return path
+    tok = AutoTokenizer.from_pretrained(materialize_embedded("smollm2-135m"))
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=256, tie_word_embeddings=True,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+TITLES = ["Toy Story (1995)", "Heat (1995)", "Fargo (1996)", "Casablanca (1942)",
+          "Alien (1979)", "Babe (1995)", "Clerks (1994)", "Ran (1985)", "Vertigo (1958)",
+          "Jaws (1975)", "Psycho (1960)", "Brazil (1985)"]
+
+
+def write_data_dir(path: Path, n_users: int = 12, seed: int = 0,
+                   empty_text_users: int = 0) -> Path:
+    """Interactions/behaviour parquet files in the dataprep contract, from a seeded RNG."""
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for u in range(n_users):
+        items = rng.choice(len(TITLES), size=8, replace=False)
+        for j, it in enumerate(items):
+            split = "train" if j < 6 else ("valid" if j == 6 else "test")
+            rating = float(rng.integers(1, 6))
+            rows.append({"user_id": f"u{u:03d}", "item_id": f"i{it}", "user_idx": u,
+                         "item_idx": int(it), "rating": rating, "ts": 1000 * j,
+                         "label": int(rating >= 4), "split": split, "review": None})
+    inter = pl.DataFrame(rows).with_columns(
+        pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32),
+        pl.col("rating").cast(pl.Float32), pl.col("ts").cast(pl.Int64),
+        pl.col("label").cast(pl.Int8), pl.col("review").cast(pl.String))
+    inter.write_parquet(path / "interactions.parquet")
+
+    def texts(split: str) -> pl.DataFrame:
+        part = (inter.filter(pl.col("split") == split).sort("user_idx", "ts")
+                .with_columns(pl.col("item_idx").replace_strict(
+                    list(range(len(TITLES))), TITLES, return_dtype=pl.String).alias("title")))
+        return part.group_by("user_id", "user_idx", maintain_order=True).agg(
+            pl.col("title").str.join("; ").alias("text"))
+
+    beh = texts("train")
+    if empty_text_users:
+        beh = beh.with_columns(pl.when(pl.col("user_idx") < empty_text_users)
+                               .then(pl.lit("")).otherwise(pl.col("text")).alias("text"))
+    beh.write_parquet(path / "behaviour.parquet")
+    texts("valid").write_parquet(path / "behaviour_valid.parquet")
+    return path

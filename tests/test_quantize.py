@@ -1,0 +1,91 @@
+"""Ablation quantizers over a published profile (θ written by the real publish code)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from profile_infer.outputs import codes_frame, publish
+from quantize import quantize
+from userip.cli import main as cli_main
+from userip.config import ProfileConfig, QuantizeConfig
+from userip.errors import InputError
+
+
+@pytest.fixture()
+def profile_dir(tmp_path):
+    """60 users whose θ form 3 clear clusters per profile, published like `userip infer`."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 2, 8)) * 5
+    labels = np.repeat(np.arange(3), 20)
+    theta = torch.tensor(centres[labels] + rng.normal(size=(60, 2, 8)) * 0.1, dtype=torch.float32)
+    cfg = ProfileConfig()
+    codebooks = [torch.tensor(rng.normal(size=(4, 8)), dtype=torch.float32),
+                 torch.tensor(rng.normal(size=(3, 8)), dtype=torch.float32)]
+    ids = [f"u{i:02d}" for i in range(60)]
+    codes = codes_frame(ids, theta, codebooks, cfg, (slice(0, 1), slice(1, 2)))
+    meta = {"profiles": [{"name": "hobby", "K": 4, "n_tokens": 1},
+                         {"name": "background", "K": 3, "n_tokens": 1}]}
+    return publish(tmp_path / "profile", theta=theta, user_ids=ids, codebooks=codebooks,
+                   surrogate_state={"w": torch.zeros(1)}, codes=codes, curves=[],
+                   explain={}, meta=meta), labels
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    return len(set(zip(a.tolist(), b.tolist()))) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_every_method_writes_its_output(profile_dir, tmp_path):
+    path, labels = profile_dir
+    cfg = QuantizeConfig(none_dim=4, sweep={"hobby": (2, 5)})
+    out = quantize(cfg, path, tmp_path / "q")
+    for method in ("userip", "kmeans", "agglomerative"):
+        meta = json.loads((out / method / "meta.json").read_text())
+        assert meta["method"] == method and meta["kind"] == "codes"
+        codes = pl.read_parquet(out / method / "codes.parquet")
+        assert codes.columns == ["user_id", "hobby", "dist_hobby", "background",
+                                 "dist_background"]
+        assert codes.schema["background"] == pl.Int32
+    assert pl.read_parquet(out / "userip" / "codes.parquet").equals(
+        pl.read_parquet(path / "codes.parquet"))
+    for method in ("kmeans", "agglomerative"):
+        bg = pl.read_parquet(out / method / "codes.parquet")["background"].to_numpy()
+        assert same_partition(bg, labels), method  # K=3 recovers the 3 planted clusters
+    dense = pl.read_parquet(out / "none" / "dense.parquet")
+    assert dense.columns == ["user_id"] + [f"hobby_{j}" for j in range(4)] + \
+        [f"background_{j}" for j in range(4)]
+    assert json.loads((out / "none" / "meta.json").read_text())["kind"] == "dense"
+    sweep = json.loads((out / "sweep" / "hobby_K5" / "meta.json").read_text())
+    assert sweep["sweep"]["K"] == 5 and "k-means" in sweep["sweep"]["note"]
+    hobby = pl.read_parquet(out / "sweep" / "hobby_K5" / "codes.parquet")["hobby"]
+    assert hobby.n_unique() == 5
+
+
+def test_agglomerative_on_a_sample_still_codes_everyone(profile_dir, tmp_path):
+    path, labels = profile_dir
+    out = quantize(QuantizeConfig(methods=("agglomerative",), agglomerative_max_users=15),
+                   path, tmp_path / "q")
+    codes = pl.read_parquet(out / "agglomerative" / "codes.parquet")
+    assert len(codes) == 60 and same_partition(codes["background"].to_numpy(), labels)
+
+
+def test_bad_profile_dir_and_cli(profile_dir, tmp_path, capsys):
+    with pytest.raises(InputError, match="meta.json"):
+        quantize(QuantizeConfig(), tmp_path / "missing", tmp_path / "q")
+    path, _ = profile_dir
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("quantize:\n  methods: [kmeans]\n")
+    assert cli_main(["quantize", "--config", str(cfg), "--profile", str(path),
+                     "--out", str(tmp_path / "q")]) == 0
+    assert (tmp_path / "q" / "kmeans" / "codes.parquet").is_file()
+    bad = pl.read_parquet(path / "codes.parquet").with_columns(pl.lit(7, pl.Int32).alias("hobby"))
+    bad.write_parquet(path / "codes.parquet")
+    (tmp_path / "d.yaml").write_text("quantize:\n  methods: [userip]\n")
+    rc = cli_main(["quantize", "--config", str(tmp_path / "d.yaml"), "--profile", str(path),
+                   "--out", str(tmp_path / "q2")])
+    assert rc == 2 and "outside [0, 4)" in capsys.readouterr().err
+    assert not (tmp_path / "q2").exists()
