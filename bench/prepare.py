@@ -4,7 +4,8 @@ Generates (seeded) an Amazon-2018-format reviews file of ``--rows`` lines and a 
 metadata file, then runs, each as a subprocess: (a) ``userip prepare --source amazon2018``
 and (b) pandas ``read_json(lines=True)`` -> drop duplicates -> 5-core loop -> label ->
 random 8:1:1 split -> Parquet. Wall time and the peak RSS of each process tree (psutil,
-polled every 20 ms) are printed as JSON with rows/s and the ratios.
+polled every 20 ms), CPU seconds and the load average are printed as JSON with rows/s and
+the ratios (on a shared box, the CPU ratio is the steadier one).
 
     python bench/prepare.py [--rows 2000000] [--repeats 1] [--workdir DIR] [--keep]
 """
@@ -115,35 +116,46 @@ def generate(rows: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
 
 
 def measure(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
-    """Wall seconds and peak RSS (MiB, summed over the process tree) of one command."""
+    """Wall and CPU seconds and peak memory of one command: ``peak_rss_mib`` sums the
+    process tree (psutil, polled every 20 ms); ``maxrss_mib`` is the kernel's exact peak of
+    its largest process (``wait4``)."""
     started = time.perf_counter()
-    proc = psutil.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    root = psutil.Process(proc.pid)
     peak = 0
-    while proc.poll() is None:
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
         try:
-            tree = [proc, *proc.children(recursive=True)]
+            tree = [root, *root.children(recursive=True)]
             peak = max(peak, sum(p.memory_info().rss for p in tree))
         except psutil.Error:
             pass
         time.sleep(0.02)
     wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
     stderr = proc.stderr.read().decode(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:4]} failed ({proc.returncode}):\n{stderr[-3000:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_mib": round(peak / 2**20, 1)}
+    return {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "peak_rss_mib": round(peak / 2**20, 1), "maxrss_mib": round(usage.ru_maxrss / 1024, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--workdir", type=Path, help="where to write the dump (default: a temp dir)")
+    parser.add_argument("--workdir", type=Path,
+                        help="where to write the dump (default: the system temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     parser.add_argument("--skip-pandas", action="store_true", help="time userip only")
     args = parser.parse_args(argv)
 
     folder = Path(tempfile.mkdtemp(prefix="userip-bench-", dir=args.workdir))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    # The checkout's packages first, so the benchmark measures this tree's code.
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
     try:
         started = time.perf_counter()
         reviews, meta = generate(args.rows, folder)
@@ -175,11 +187,14 @@ def main(argv: list[str] | None = None) -> int:
                 wall = statistics.median(r["wall_s"] for r in results)
                 report[name] = {"runs": results, "median_wall_s": wall,
                                 "rows_per_s": round(args.rows / wall),
+                                "median_cpu_s": statistics.median(r["cpu_s"] for r in results),
                                 "peak_rss_mib": max(r["peak_rss_mib"] for r in results)}
         if runs["pandas"]:
             u, p = report["userip"], report["pandas"]
             report["speedup_rows_per_s"] = round(u["rows_per_s"] / p["rows_per_s"], 2)
+            report["cpu_ratio_pandas_over_userip"] = round(p["median_cpu_s"] / u["median_cpu_s"], 2)
             report["rss_ratio_userip_over_pandas"] = round(u["peak_rss_mib"] / p["peak_rss_mib"], 3)
+            report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(report, indent=2))
     finally:
         if not args.keep:

@@ -86,7 +86,8 @@ def test_yelp_business_becomes_items(tmp_path: Path) -> None:
 
     assert items["b1"] == {
         "item_id": "b1", "title": "Oskar Blues Taproom",
-        "categories": "Gastropubs | Food | Beer Gardens | Restaurants | Bars | American (Traditional)",
+        "categories":
+            "Gastropubs | Food | Beer Gardens | Restaurants | Bars | American (Traditional)",
         "brand": None, "price": None, "description": "Boulder, CO",
     }
     assert items["b2"]["categories"] is None
