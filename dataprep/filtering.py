@@ -6,13 +6,12 @@ import polars as pl
 
 
 def drop_duplicates(interactions: pl.LazyFrame) -> pl.LazyFrame:
-    """Keep only the latest interaction per (user, item); ties go to the last row read."""
-    return (
-        interactions.with_row_index("_row")
-        .sort("ts", "_row")
-        .unique(["user_id", "item_id"], keep="last")
-        .drop("_row")
-    )
+    """Keep only the latest interaction per (user, item); ties go to the last row read.
+
+    Expects a ``_row`` column (read order). Pass only the narrow key columns: sorting
+    gigabytes of review text along with them is most of the cost otherwise.
+    """
+    return interactions.sort("ts", "_row").unique(["user_id", "item_id"], keep="last")
 
 
 def k_core(pairs: pl.DataFrame, k: int) -> pl.DataFrame:

@@ -67,8 +67,10 @@ def _check_reject_ratio(rejects: RejectLog, max_ratio: float) -> None:
 
 
 def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path) -> dict[str, Any]:
+    rows = raw.interactions.with_row_index("_row")
     n_raw = raw.interactions.select(pl.len()).collect().item()
-    deduped = drop_duplicates(raw.interactions)
+    # Filtering works on narrow rows; review text joins back by row number at the end.
+    deduped = drop_duplicates(rows.select("_row", "user_id", "item_id", "rating", "ts"))
     # Integer codes make the k-core passes cheap; the strings come back through joins.
     keyed = deduped.with_columns(
         pl.col("user_id").cast(pl.Categorical).to_physical().alias("u"),
@@ -97,7 +99,10 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path) -> d
         inter.join(users_idx, on="user_id").join(items_idx, on="item_id")
         .with_columns((pl.col("rating") >= cfg.label_threshold).cast(pl.Int8).alias("label"))
     )
-    inter = assign_split(inter, cfg.split, cfg.split_ratios, cfg.seed).select(
+    inter = assign_split(inter, cfg.split, cfg.split_ratios, cfg.seed)
+    reviews = rows.select("_row", "review").join(
+        inter.lazy().select("_row"), on="_row", how="semi").collect(engine="streaming")
+    inter = inter.join(reviews, on="_row", how="left").select(
         "user_id", "item_id", "user_idx", "item_idx", "rating", "ts", "label", "split", "review"
     ).sort("user_idx", "ts", "item_idx")
 

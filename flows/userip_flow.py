@@ -16,8 +16,11 @@ from prefect.artifacts import create_link_artifact
 
 from dataprep.readers import source_inputs
 from profile_infer.model_loading import resolve_model_dir
-from tasks.stages import export_task, infer_task, prepare_task, quantize_task, refresh_task
-from userip.config import Config, load_config
+from tasks.runners import task_runner
+from tasks.stages import (EVALUATED, REPORT, evaluate_task, export_task, infer_task,
+                          prepare_task, quantize_task, refresh_task, report_task, train_marker,
+                          train_task)
+from userip.config import Config, DownstreamConfig, load_config
 from userip.fingerprint import model_fingerprint, stage_key
 
 STAGES = ("prepare", "infer", "quantize", "export", "train", "evaluate", "report")
@@ -73,8 +76,57 @@ def userip(
         return outputs
 
     outputs["export"] = _export(cfg, plan, refresh, codes / "userip", profile, data)
+    if _last(plan, "export"):
+        return outputs
+
+    run_dir = _stage_path(cfg, "downstream", cfg.downstream.model_dump(mode="json"),
+                          [data, codes], ["downstream"])
+    if "train" in plan:
+        runner = task_runner(cfg.downstream.task_runner, cfg.downstream.workers)
+        train_models.with_options(task_runner=runner)(cfg.downstream.model_dump(mode="json"),
+                                                       str(data), str(codes), str(run_dir), refresh)
+    outputs["train"] = _run("train", plan, False, run_dir, None, done=_trained(cfg.downstream, run_dir))
+    outputs["evaluate"] = _run("evaluate", plan, refresh, run_dir, evaluate_task,
+                               done=run_dir / EVALUATED, data_dir=str(data))
+    if _last(plan, "evaluate"):
+        return outputs
+    outputs["report"] = _run("report", plan, refresh, run_dir, report_task, done=run_dir / REPORT,
+                             section=cfg.downstream.model_dump(mode="json"), run_name=cfg.name,
+                             data_dir=str(data))
     get_run_logger().info("stage outputs: %s", outputs)
     return outputs
+
+
+@flow(name="userip-train")
+def train_models(section: dict[str, Any], data_dir: str, codes_dir: str, run_dir: str,
+                 refresh: bool = False) -> list[str]:
+    """One train task per model, on the task runner the config picks (threads, Dask, Ray)."""
+    futures = [
+        train_task.with_options(
+            refresh_cache=refresh or not train_marker(Path(run_dir), model).exists()
+        ).submit(model=model, section=s, data_dir=data_dir, codes_dir=codes_dir, out_dir=run_dir)
+        for model, s in per_model_sections(DownstreamConfig.model_validate(section)).items()
+    ]
+    return [f.result() for f in futures]
+
+
+def per_model_sections(section: DownstreamConfig) -> dict[str, dict[str, Any]]:
+    """Split a downstream section into one section per model, keeping each model's roles
+    (main table, transfer table, ablation table)."""
+    out = {}
+    for model in dict.fromkeys(section.models + section.transfer_models + section.ablation_models):
+        only = {field: tuple(m for m in getattr(section, field) if m == model)
+                for field in ("models", "transfer_models", "ablation_models")}
+        out[model] = section.model_copy(update=only).model_dump(mode="json")
+    return out
+
+
+def _trained(section: DownstreamConfig, run_dir: Path) -> Path:
+    """The marker of the first model whose training has not finished, or ``run_dir``
+    when all have."""
+    missing = [train_marker(run_dir, m) for m in per_model_sections(section)
+               if not train_marker(run_dir, m).exists()]
+    return missing[0] if missing else run_dir
 
 
 def _last(plan: list[str], stage: str) -> bool:
@@ -143,12 +195,15 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower())
 
 
-def _run(stage: str, plan: list[str], refresh: bool, out_dir: Path, task_fn, **params: Any) -> str:
-    """Submit ``stage`` if planned (forcing a recompute when asked or its output is gone);
-    otherwise require the output of an earlier run."""
-    if stage not in plan:
-        if not out_dir.exists():
-            raise FileNotFoundError(f"stage {stage!r} was not run with these settings; expected {out_dir}")
+def _run(stage: str, plan: list[str], refresh: bool, out_dir: Path, task_fn,
+         done: Path | None = None, **params: Any) -> str:
+    """Run ``stage``'s task if planned (forcing a recompute when asked or when its ``done``
+    file, by default ``out_dir`` itself, is missing); otherwise require an earlier run's
+    output. ``task_fn=None`` only checks (the stage ran in a subflow)."""
+    done = out_dir if done is None else done
+    if stage not in plan or task_fn is None:
+        if not done.exists():
+            raise FileNotFoundError(f"stage {stage!r} has not run with these settings; expected {done}")
         return str(out_dir)
-    runner = task_fn.with_options(refresh_cache=refresh or not out_dir.exists())
+    runner = task_fn.with_options(refresh_cache=refresh or not done.exists())
     return runner(out_dir=str(out_dir), **params)

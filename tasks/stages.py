@@ -9,6 +9,7 @@ path: equal inputs, settings and code give the same key and a cache hit.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,18 @@ from prefect import task
 from prefect.context import TaskRunContext
 
 
-def _key_is_output_dir(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    # Prefect stores the cache record under this key as a file name: hash the path.
-    out = str(Path(parameters["out_dir"]).resolve())
-    return hashlib.blake2b(out.encode(), digest_size=16).hexdigest()
+def _content_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """The task's name and parameters; ``out_dir`` among them already names the content.
+    Prefect stores the cache record under this key as a file name, hence the hash."""
+    blob = json.dumps({"task": context.task.name, **parameters,
+                       "out_dir": str(Path(parameters["out_dir"]).resolve())},
+                      sort_keys=True, default=str)
+    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
 
 def stage_task(name: str, **options: Any):
     """Decorator: a cached, persisted Prefect task for one stage."""
-    return task(name=name, cache_key_fn=_key_is_output_dir, persist_result=True,
+    return task(name=name, cache_key_fn=_content_key, persist_result=True,
                 task_run_name=f"{name}", **options)
 
 
@@ -85,3 +89,54 @@ def export_task(codes_dir: str, codebook: str, lm_id: str, data_dir: str, bank_d
         (tmp / "version.txt").write_text(f"{version}\n")
         publish_dir(tmp, Path(out_dir))
     return str(version)
+
+
+@stage_task("train")
+def train_task(model: str, section: dict[str, Any], data_dir: str, codes_dir: str,
+               out_dir: str) -> str:
+    """Fit one model (every planned variant and seed); the flow maps this over models."""
+    from downstream.suite import train_all
+    from userip.config import DownstreamConfig
+
+    train_all(DownstreamConfig.model_validate(section), Path(data_dir), Path(out_dir),
+              codes=Path(codes_dir))
+    train_marker(Path(out_dir), model).write_text("done\n")
+    return out_dir
+
+
+def train_marker(run_dir: Path, model: str) -> Path:
+    """Written once every fit of ``model`` is saved: lets the flow skip a finished model."""
+    return run_dir / f"train-{model}.done"
+
+
+@stage_task("evaluate")
+def evaluate_task(data_dir: str, out_dir: str) -> str:
+    from downstream.suite import evaluate_all
+
+    evaluate_all(Path(out_dir), Path(data_dir))
+    (Path(out_dir) / EVALUATED).write_text("done\n")
+    return out_dir
+
+
+EVALUATED = "evaluate.done"
+REPORT = "report.md"
+
+
+@stage_task("report")
+def report_task(section: dict[str, Any], run_name: str, data_dir: str, out_dir: str) -> str:
+    """Write report.md, metrics.json and plots; publish them as Prefect artifacts under keys
+    that stay the same from run to run, so the UI shows their history."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from downstream.report import write_report
+    from userip.config import DownstreamConfig
+    from userip.summary import metric_rows
+
+    metrics = write_report(Path(out_dir), Path(data_dir), DownstreamConfig.model_validate(section))
+    name = "".join(c if c.isalnum() else "-" for c in run_name.lower())  # artifact key rules
+    create_table_artifact(key=f"userip-metrics-{name}", table=metric_rows(metrics),
+                          description=f"Test metrics, mean over seeds ({out_dir})")
+    report = (Path(out_dir) / "report.md").read_text()
+    create_markdown_artifact(key=f"userip-report-{name}", markdown=report,
+                             description=f"Downstream report; plots beside {out_dir}/report.md")
+    return out_dir

@@ -1,0 +1,29 @@
+"""The task runner the config picks for the per-model downstream runs."""
+
+from __future__ import annotations
+
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from userip.errors import ConfigError
+
+_EXTRAS = {"dask": "prefect-dask==0.3.7", "ray": "prefect-ray==0.6.0"}
+
+
+def task_runner(kind: str, workers: int):
+    """``thread``: a local thread pool of ``workers``; ``dask`` / ``ray``: their Prefect
+    integrations (installed separately), which also reach a cluster through their own
+    settings, e.g. ``DaskTaskRunner(address=...)``."""
+    if kind == "thread":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    try:
+        if kind == "dask":
+            from prefect_dask import DaskTaskRunner
+
+            return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "processes": True})
+        if kind == "ray":
+            from prefect_ray import RayTaskRunner
+
+            return RayTaskRunner()
+    except ImportError as exc:
+        raise ConfigError(f"downstream.task_runner={kind!r} needs `pip install {_EXTRAS[kind]}`") from exc
+    raise ConfigError(f"unknown task runner {kind!r}; choose thread, dask or ray")
