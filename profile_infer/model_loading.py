@@ -12,13 +12,12 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from userip.atomic import staging_dir
 from userip.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -70,18 +69,14 @@ def materialize_embedded(name: str) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
+    with staging_dir(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         try:
-            os.replace(tmp, target)
+            os.rename(tmp, target)
         except OSError:  # another process won the race: keep theirs
             if not (target / "config.json").is_file():
                 raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

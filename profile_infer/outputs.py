@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import faiss
@@ -19,6 +16,7 @@ import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
 
+from userip.atomic import publish_dir, staging_dir
 from userip.config import ProfileConfig
 
 THETA, CODEBOOKS, SURROGATE, CODES = ("theta.safetensors", "codebooks.safetensors",
@@ -105,9 +103,7 @@ def publish(out_dir: Path, *, theta: torch.Tensor, user_ids: list[str], codebook
             meta: dict) -> Path:
     """Write all outputs to a temp dir beside ``out_dir`` and rename it into place."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staging_dir(out_dir) as tmp:
         profiles = meta["profiles"]
         save_file({"theta": theta.contiguous()}, tmp / THETA,
                   metadata={"user_ids": json.dumps(user_ids), "profiles": json.dumps(profiles)})
@@ -125,15 +121,7 @@ def publish(out_dir: Path, *, theta: torch.Tensor, user_ids: list[str], codebook
                               for k, v in row.items()} for row in curves)  # NaN -> empty
         (tmp / "explanation.json").write_text(json.dumps(explain, indent=1, ensure_ascii=False))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        publish_dir(tmp, out_dir)
     return out_dir
 
 

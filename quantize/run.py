@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ import polars as pl
 
 from profile_infer.outputs import load_published
 from quantize.methods import agglomerative_codes, kmeans_codes, pca_dense
+from userip.atomic import publish_dir, staging_dir
 from userip.config import QuantizeConfig
 from userip.errors import InputError
 
@@ -75,11 +73,9 @@ def quantize(cfg: QuantizeConfig, profile_dir: Path, out_dir: Path) -> Path:
     for name in cfg.sweep:
         if name not in named:
             raise InputError(f"sweep names unknown profile {name!r}", field="quantize.sweep")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     base_meta = {"profiles": [{"name": p["name"], "K": p["K"]} for p in profiles],
                  "source_profile": str(profile_dir), "n_users": len(user_ids)}
-    try:
+    with staging_dir(out_dir) as tmp:
         for method in cfg.methods:
             log.info("quantize: %s", method)
             meta = {**base_meta, "method": method, "kind": "codes"}
@@ -112,13 +108,5 @@ def quantize(cfg: QuantizeConfig, profile_dir: Path, out_dir: Path) -> Path:
                         "sweep": {"profile": name, "K": k,
                                   "note": "FAISS k-means on the final θ, not UserIP retraining"}}
                 _write(tmp / "sweep" / f"{name}_K{k}", frame, meta)
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        publish_dir(tmp, out_dir)
     return out_dir
