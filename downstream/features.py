@@ -168,13 +168,28 @@ class FeatureMap:
         if self.codes:
             if not isinstance(codes, FeatureBank):
                 raise InputError("this model was trained with profile codes; give it a bank or codes dir")
-            x_cat = np.hstack([x_cat, codes.lookup(user_ids)])
+            x_cat = np.hstack([x_cat, self._codes_for(codes, cols[0], user_ids)])
         x_dense = np.zeros((len(user_ids), 0), np.float32)
         if self.dense_dim:
             if not isinstance(codes, DenseProfiles):
                 raise InputError("this model was trained with dense profiles; give it their dir")
             x_dense = codes.lookup(user_ids)
         return x_cat, x_dense
+
+    def _codes_for(self, bank: FeatureBank, user_idx: np.ndarray, user_ids: np.ndarray) -> np.ndarray:
+        """Bank codes of these users. The codes of every vocabulary user are looked up once
+        per bank and then gathered by the user index already computed (no second string
+        hash per request); only OOV users (not seen in training) go to the bank itself."""
+        cached = self.__dict__.get("_code_table")
+        if cached is None or cached[0] is not bank:
+            table = np.vstack([bank.lookup(np.asarray(self.users, dtype=object)),
+                               np.asarray(bank.manifest.sizes, dtype=np.int64)[None, :]])
+            cached = self.__dict__["_code_table"] = (bank, table)
+        out = cached[1][user_idx]
+        oov = user_idx == len(self.users)
+        if oov.any():
+            out[oov] = bank.lookup(np.asarray(user_ids, dtype=object)[oov])
+        return out
 
     @cached_property
     def user_index(self) -> pd.Index:

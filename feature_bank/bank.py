@@ -9,10 +9,12 @@ readers ignore and the next publish removes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -169,6 +171,10 @@ def build_manifest(codes_dir: Path, meta: dict[str, Any], n_rows: int, *,
     )
 
 
+def _timestamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
 def _versions(bank_dir: Path) -> list[str]:
     return sorted(p.name for p in bank_dir.glob(f"{_PREFIX}*") if p.is_dir())
 
@@ -189,10 +195,11 @@ def publish(codes_dir: Path, bank_dir: Path, keep: int = 5, *, codebook: Path | 
     tmp.mkdir()
     try:
         df.sort("user_id").write_parquet(tmp / CODES_FILE, compression="zstd")
-        version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        while (bank_dir / f"{_PREFIX}{version}").exists():  # same microsecond: keep order
-            version = version[:-1] + "0Z"
-        manifest = Manifest(**{**manifest.__dict__, "version": version})
+        version = _timestamp()
+        while (bank_dir / f"{_PREFIX}{version}").exists():  # same microsecond: take the next one
+            time.sleep(1e-6)
+            version = _timestamp()
+        manifest = dataclasses.replace(manifest, version=version)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest.to_json(), indent=2))
         final = bank_dir / f"{_PREFIX}{version}"
         os.rename(tmp, final)

@@ -127,10 +127,12 @@ def test_killed_publisher_never_exposes_a_partial_version(tmp_path: Path) -> Non
     killed_mid_write, opens = 0, 0
     for attempt in range(12):
         proc = subprocess.Popen([sys.executable, "-c", _PUBLISHER, str(codes), str(bank_dir)], env=env)
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline and not list(bank_dir.glob(".tmp-*")):
+        for _ in range(3):  # read while the publisher writes and swaps versions
             assert FeatureBank.open(bank_dir).n_users == 200_000  # raises on a partial version
             opens += 1
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and not list(bank_dir.glob(".tmp-*")):
+            time.sleep(0.001)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed_mid_write += bool(list(bank_dir.glob(".tmp-*")))

@@ -123,3 +123,19 @@ def test_cli_train_evaluate_report(ml100k_small_dir: Path, codes_dir: Path, tmp_
     bank = tmp_path / "bank"
     publish(q / "kmeans_K8", bank)
     assert cli_main(["evaluate", *common, "--run", str(run), "--bank", str(bank)]) == 2
+
+
+def test_cli_train_from_bank_and_rescore_after_republish(ml100k_small_dir: Path, codes_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """A model trained on bank version A scores against a newer compatible version B."""
+    bank, run = tmp_path / "bank", tmp_path / "run"
+    publish(codes_dir, bank)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("downstream:\n  models: [dcn]\n  transfer_models: []\n  seeds: [0]\n  epochs: 1\n")
+    common = ["--config", str(cfg), "--data", str(ml100k_small_dir)]
+    assert cli_main(["train", *common, "--bank", str(bank), "--out", str(run)]) == 0
+    rec = json.loads((run / "downstream" / "userip" / "dcn" / "seed=0" / "model.json").read_text())
+    assert rec["codes"]["version"] == FeatureBank.open(bank).manifest.version
+    publish(codes_dir, bank)  # same codebook and profiles: compatible
+    assert cli_main(["evaluate", *common, "--run", str(run), "--bank", str(bank)]) == 0
+    assert json.loads((run / "downstream" / "userip" / "dcn" / "seed=0" / "metrics.json").read_text())["n"] > 0

@@ -9,17 +9,17 @@ from downstream.models import register
 
 
 class CrossNet(nn.Module):
-    """x_{l+1} = x_0 * (x_l . w_l) + b_l + x_l."""
+    """x_{l+1} = x_0 * (x_l . w_l) + b_l + x_l; the layers' w and b stacked in one tensor each."""
 
     def __init__(self, dim: int, layers: int) -> None:
         super().__init__()
-        self.w = nn.ParameterList(nn.Parameter(torch.randn(dim) * 0.01) for _ in range(layers))
-        self.b = nn.ParameterList(nn.Parameter(torch.zeros(dim)) for _ in range(layers))
+        self.w = nn.Parameter(torch.randn(layers, dim) * 0.01)
+        self.b = nn.Parameter(torch.zeros(layers, dim))
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
         x = x0
         for w, b in zip(self.w, self.b):
-            x = x0 * (x @ w).unsqueeze(1) + b + x
+            x = torch.addcmul(b + x, x0, (x @ w).unsqueeze(1))
         return x
 
 
