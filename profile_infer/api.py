@@ -94,7 +94,7 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
         if [p["name"] for p in base["meta"]["profiles"]] != names:
             raise ConfigError(f"{out_dir}: profiles {base['meta']['profiles']} differ from config")
     data = load_profile_data(data_dir, loaded.tokenizer, budget, users, cfg.valid_max_users,
-                             cfg.seed)
+                             cfg.seed, item_vocab=base["item_ids"] if base else None)
     fingerprint = f"{cfg.fingerprint()}-{_data_fingerprint(data_dir, users)}"
 
     prior, user_keys = None, None
@@ -109,7 +109,7 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
             if u in old_row:
                 warm[i] = base["theta"][old_row[u]]
         prior = Prior(base["codebooks"], base["surrogate"], base["meta"]["n_surrogate_users"],
-                      base["meta"]["n_items"], warm)
+                      warm)
 
     trainer = Trainer(cfg, loaded.model, layout, data, loaded.device, loaded.tokenizer.pad_token_id,
                       fingerprint, ckpt_dir, prior, user_keys)
@@ -140,7 +140,7 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
             "pad_token_fallback": loaded.pad_fallback, "world_size": world,
         }
         publish(out_dir, theta=theta, user_ids=user_ids, codebooks=trainer.codebooks,
-                surrogate_state=trainer.surrogate.state_dict(), codes=codes,
+                surrogate_state=trainer.surrogate.state_dict(), item_ids=data.item_ids, codes=codes,
                 curves=(base["curves"] if base else []) + progress.curves,
                 explain=explain, meta=meta)
         shutil.rmtree(ckpt_dir, ignore_errors=True)

@@ -31,11 +31,11 @@ class ProfileData:
     inter_offsets: np.ndarray           # CSR over rows into inter_items / inter_labels
     inter_items: np.ndarray
     inter_labels: np.ndarray
-    n_items: int
+    item_ids: list[str]                 # surrogate item row -> item id
     skipped: dict[str, int] = field(default_factory=dict)
 
     def interactions(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(position in ``rows``, item_idx, label) of the train interactions of ``rows``."""
+        """(position in ``rows``, surrogate item row, label) of the train interactions of ``rows``."""
         starts, ends = self.inter_offsets[rows], self.inter_offsets[rows + 1]
         pos = np.repeat(np.arange(len(rows)), ends - starts)
         idx = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(rows) else []
@@ -69,8 +69,13 @@ def tokenize_targets(tokenizer, texts: list[str], limit: int) -> list[list[int]]
 
 def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
                       users: set[str] | None = None, valid_max_users: int | None = None,
-                      seed: int = 0) -> ProfileData:
-    """Behaviour texts -> target ids; train interactions -> CSR by table row."""
+                      seed: int = 0, item_vocab: list[str] | None = None) -> ProfileData:
+    """Behaviour texts -> target ids; train interactions -> CSR by table row.
+
+    Surrogate item rows are keyed by item id: ``item_vocab`` (the base profile's, in
+    incremental mode) fixes them, so a new dump's re-indexed ``item_idx`` cannot point a
+    frozen surrogate at the wrong item; interactions with items outside it are skipped.
+    """
     data_dir = Path(data_dir)
     beh = _read(data_dir / "behaviour.parquet", BEHAVIOUR_COLUMNS).sort("user_idx")
     dup = beh.filter(pl.col("user_id").is_duplicated())
@@ -113,18 +118,23 @@ def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
         log.warning("%s missing: no validation LM loss, no early stopping", valid_path)
 
     inter = _read(data_dir / "interactions.parquet",
-                  {"user_id": pl.String, "item_idx": pl.Int32, "label": pl.Int8,
-                   "split": pl.String})
-    n_items = int(inter["item_idx"].max() or 0) + 1
-    train = (inter.filter(pl.col("split") == "train")
-             .join(pl.DataFrame({"user_id": user_ids,
-                                 "row": np.arange(len(user_ids), dtype=np.int64)}),
-                   on="user_id", how="inner")
+                  {"user_id": pl.String, "item_id": pl.String, "item_idx": pl.Int32,
+                   "label": pl.Int8, "split": pl.String})
+    if item_vocab is None:
+        item_vocab = inter.select("item_id", "item_idx").unique().sort("item_idx")["item_id"].to_list()
+    vocab = pl.DataFrame({"item_id": item_vocab,
+                          "srow": np.arange(len(item_vocab), dtype=np.int64)})
+    train = inter.filter(pl.col("split") == "train")
+    known = train.join(vocab, on="item_id", how="inner")
+    skipped["train_interactions_with_unknown_items"] = len(train) - len(known)
+    train = (known.join(pl.DataFrame({"user_id": user_ids,
+                                      "row": np.arange(len(user_ids), dtype=np.int64)}),
+                        on="user_id", how="inner")
              .sort("row"))
     rows = train["row"].to_numpy()
     counts = np.bincount(rows, minlength=len(user_ids))
     skipped["users_without_train_interactions"] = int((counts == 0).sum())
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return ProfileData(user_ids, targets, np.asarray(valid_rows, dtype=np.int64), valid_targets,
-                       offsets, train["item_idx"].to_numpy().astype(np.int64),
-                       train["label"].to_numpy().astype(np.int64), n_items, skipped)
+                       offsets, train["srow"].to_numpy().astype(np.int64),
+                       train["label"].to_numpy().astype(np.int64), item_vocab, skipped)

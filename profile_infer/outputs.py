@@ -21,6 +21,7 @@ from userip.config import ProfileConfig
 
 THETA, CODEBOOKS, SURROGATE, CODES = ("theta.safetensors", "codebooks.safetensors",
                                       "surrogate.safetensors", "codes.parquet")
+SURROGATE_ITEMS = "surrogate_items.parquet"
 
 
 def assign_codes(flat: np.ndarray, codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,8 +100,8 @@ def explanation(cfg: ProfileConfig, codebooks, theta, user_ids, codes: pl.DataFr
 
 
 def publish(out_dir: Path, *, theta: torch.Tensor, user_ids: list[str], codebooks,
-            surrogate_state: dict, codes: pl.DataFrame, curves: list[dict], explain: dict,
-            meta: dict) -> Path:
+            surrogate_state: dict, item_ids: list[str], codes: pl.DataFrame, curves: list[dict],
+            explain: dict, meta: dict) -> Path:
     """Write all outputs to a temp dir beside ``out_dir`` and rename it into place."""
     out_dir = Path(out_dir)
     with staging_dir(out_dir) as tmp:
@@ -112,6 +113,8 @@ def publish(out_dir: Path, *, theta: torch.Tensor, user_ids: list[str], codebook
                   metadata={"profiles": json.dumps(profiles)})
         save_file({k: v.detach().cpu().contiguous() for k, v in surrogate_state.items()},
                   tmp / SURROGATE)
+        pl.DataFrame({"item_id": item_ids}, schema={"item_id": pl.String}).write_parquet(
+            tmp / SURROGATE_ITEMS)  # row r = the surrogate's item embedding row r
         codes.write_parquet(tmp / CODES)
         with open(tmp / "curves.csv", "w", newline="") as fh:
             fields = ["epoch", "phase", "train_llm", "train_vec", "train_rec", "valid_llm"]
@@ -141,4 +144,5 @@ def load_published(profile_dir: Path) -> dict:
     return {"theta": theta, "user_ids": user_ids, "meta": meta,
             "codebooks": [cbs[f"codebook.{p['name']}"] for p in meta["profiles"]],
             "surrogate": load_file(str(profile_dir / SURROGATE)),
+            "item_ids": pl.read_parquet(profile_dir / SURROGATE_ITEMS)["item_id"].to_list(),
             "codes": pl.read_parquet(profile_dir / CODES), "curves": curves}

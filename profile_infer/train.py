@@ -53,7 +53,6 @@ class Prior:
     codebooks: list[torch.Tensor]
     surrogate_state: dict[str, torch.Tensor]
     n_surrogate_users: int
-    n_items: int
     theta: torch.Tensor | None  # (rows, T, d) warm start for the rows being refreshed, NaN = new
 
 
@@ -91,8 +90,7 @@ class Trainer:
         flat_dims = [p.n_tokens * self.dim for p in cfg.profiles]
         torch.manual_seed(cfg.seed)
         n_sur_users = prior.n_surrogate_users if prior else self.n_rows
-        n_items = prior.n_items if prior else data.n_items
-        self.surrogate = SurrogateDCN(n_items, flat_dims, n_sur_users).to(device)
+        self.surrogate = SurrogateDCN(len(data.item_ids), flat_dims, n_sur_users).to(device)
         self.codebooks = [torch.zeros(p.codebook_size, d, device=device, requires_grad=True)
                           for p, d in zip(cfg.profiles, flat_dims)]
         self.progress = Progress()

@@ -44,7 +44,7 @@ def test_full_run_publishes_every_output(tiny, tmp_path):
     files = sorted(p.name for p in out.iterdir())
     assert files == ["codebooks.safetensors", "codes.parquet", "curves.csv",
                      "explanation.json", "meta.json", "surrogate.safetensors",
-                     "theta.safetensors"]
+                     "surrogate_items.parquet", "theta.safetensors"]
     codes = pl.read_parquet(out / "codes.parquet")
     assert codes.columns == ["user_id", "hobby", "dist_hobby", "background", "dist_background"]
     assert codes.schema["hobby"] == pl.Int32 and codes.schema["dist_hobby"] == pl.Float32
