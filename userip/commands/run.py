@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     # The temporary server migrates a fresh database first; on a busy 2-core box that can
     # take longer than Prefect's default 20 s.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline hosts
     from flows.userip_flow import userip
     from userip.summary import summary_table
 
