@@ -53,6 +53,8 @@ def discover_codes(path: Path) -> dict[str, Path]:
     if (path / "meta.json").is_file():
         return {path.name: path}
     found = {p.name: p for p in sorted(path.iterdir()) if (p / "meta.json").is_file()} if path.is_dir() else {}
+    # the quantize stage's codebook-size sweep: <quantize>/sweep/<profile>_K<k>/
+    found |= {f"sweep-{m.parent.name}": m.parent for m in sorted(path.glob("sweep/*/meta.json"))}
     if not found:
         raise InputError("no quantizer output (meta.json) here or in its sub-dirs", path=str(path))
     if WITHOUT in found:

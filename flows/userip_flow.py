@@ -117,7 +117,8 @@ def per_model_sections(section: DownstreamConfig) -> dict[str, dict[str, Any]]:
     for model in dict.fromkeys(section.models + section.transfer_models + section.ablation_models):
         only = {field: tuple(m for m in getattr(section, field) if m == model)
                 for field in ("models", "transfer_models", "ablation_models")}
-        out[model] = section.model_copy(update=only).model_dump(mode="json")
+        # the task runner already runs `workers` models side by side
+        out[model] = section.model_copy(update={**only, "workers": 1}).model_dump(mode="json")
     return out
 
 
