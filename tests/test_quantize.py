@@ -31,7 +31,7 @@ def profile_dir(tmp_path):
     meta = {"profiles": [{"name": "hobby", "K": 4, "n_tokens": 1},
                          {"name": "background", "K": 3, "n_tokens": 1}]}
     return publish(tmp_path / "profile", theta=theta, user_ids=ids, codebooks=codebooks,
-                   surrogate_state={"w": torch.zeros(1)}, codes=codes, curves=[],
+                   surrogate_state={"w": torch.zeros(1)}, item_ids=[], codes=codes, curves=[],
                    explain={}, meta=meta), labels
 
 
