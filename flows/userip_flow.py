@@ -79,8 +79,9 @@ def userip(
     if _last(plan, "export"):
         return outputs
 
-    run_dir = _stage_path(cfg, "downstream", cfg.downstream.model_dump(mode="json"),
-                          [data, codes], ["downstream"])
+    # how many processes or which runner trains the models does not change what they learn
+    learning = cfg.downstream.model_dump(mode="json", exclude={"workers", "threads", "task_runner"})
+    run_dir = _stage_path(cfg, "downstream", learning, [data, codes], ["downstream"])
     if "train" in plan:
         runner = task_runner(cfg.downstream.task_runner, cfg.downstream.workers)
         train_models.with_options(task_runner=runner)(cfg.downstream.model_dump(mode="json"),
