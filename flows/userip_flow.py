@@ -84,6 +84,9 @@ def userip(
     run_dir = _stage_path(cfg, "downstream", learning, [data, codes], ["downstream"])
     if "train" in plan:
         runner = task_runner(cfg.downstream.task_runner, cfg.downstream.workers)
+        # Locally, models go one after another, each fitting its (variant, seed) jobs on
+        # `workers` processes: torch seeds its RNG per process, and two fits sharing one
+        # process in threads would draw from one generator and lose per-seed determinism.
         train_models.with_options(task_runner=runner)(cfg.downstream.model_dump(mode="json"),
                                                        str(data), str(codes), str(run_dir), refresh)
     outputs["train"] = _run("train", plan, False, run_dir, None, done=_trained(cfg.downstream, run_dir))
@@ -101,7 +104,7 @@ def userip(
 @flow(name="userip-train")
 def train_models(section: dict[str, Any], data_dir: str, codes_dir: str, run_dir: str,
                  refresh: bool = False) -> list[str]:
-    """One train task per model, on the task runner the config picks (threads, Dask, Ray)."""
+    """One train task per model, on the task runner the config picks (local, Dask, Ray)."""
     futures = [
         train_task.with_options(
             refresh_cache=refresh or not train_marker(Path(run_dir), model).exists()
@@ -113,13 +116,14 @@ def train_models(section: dict[str, Any], data_dir: str, codes_dir: str, run_dir
 
 def per_model_sections(section: DownstreamConfig) -> dict[str, dict[str, Any]]:
     """Split a downstream section into one section per model, keeping each model's roles
-    (main table, transfer table, ablation table)."""
+    (main table, transfer table, ablation table). On Dask or Ray the cluster runs models
+    side by side, so each model then fits its jobs in one process."""
+    workers = section.workers if section.task_runner == "thread" else 1
     out = {}
     for model in dict.fromkeys(section.models + section.transfer_models + section.ablation_models):
         only = {field: tuple(m for m in getattr(section, field) if m == model)
                 for field in ("models", "transfer_models", "ablation_models")}
-        # the task runner already runs `workers` models side by side
-        out[model] = section.model_copy(update={**only, "workers": 1}).model_dump(mode="json")
+        out[model] = section.model_copy(update={**only, "workers": workers}).model_dump(mode="json")
     return out
 
 

@@ -10,11 +10,12 @@ _EXTRAS = {"dask": "prefect-dask==0.3.7", "ray": "prefect-ray==0.6.0"}
 
 
 def task_runner(kind: str, workers: int):
-    """``thread``: a local thread pool of ``workers``; ``dask`` / ``ray``: their Prefect
-    integrations (installed separately), which also reach a cluster through their own
-    settings, e.g. ``DaskTaskRunner(address=...)``."""
+    """``thread``: local, one model at a time (each model's fits then use ``workers``
+    processes, see ``flows.userip_flow``); ``dask`` / ``ray``: their Prefect integrations
+    (installed separately) with ``workers`` models side by side, which also reach a cluster
+    through their own settings, e.g. ``DaskTaskRunner(address=...)``."""
     if kind == "thread":
-        return ThreadPoolTaskRunner(max_workers=workers)
+        return ThreadPoolTaskRunner(max_workers=1)
     try:
         if kind == "dask":
             from prefect_dask import DaskTaskRunner

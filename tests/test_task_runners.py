@@ -13,9 +13,10 @@ from userip.config import DownstreamConfig
 from userip.errors import ConfigError
 
 
-def test_thread_runner_uses_workers() -> None:
+def test_local_runner_trains_one_model_at_a_time() -> None:
+    """Fits in threads of one process would share torch's RNG and lose per-seed results."""
     runner = task_runner("thread", 3)
-    assert isinstance(runner, ThreadPoolTaskRunner) and runner._max_workers == 3
+    assert isinstance(runner, ThreadPoolTaskRunner) and runner._max_workers == 1
 
 
 @pytest.mark.parametrize("kind,package", [("dask", "prefect_dask"), ("ray", "prefect_ray")])
@@ -33,4 +34,6 @@ def test_per_model_sections_keep_each_models_roles() -> None:
     assert list(parts) == ["dcn", "pnn", "onn"]
     assert parts["dcn"]["models"] == ["dcn"] and parts["dcn"]["ablation_models"] == ["dcn"]
     assert parts["onn"]["models"] == [] and parts["onn"]["transfer_models"] == ["onn"]
-    assert all(p["workers"] == 1 for p in parts.values())
+    assert all(p["workers"] == 2 for p in parts.values())  # local: processes per model
+    on_dask = per_model_sections(section.model_copy(update={"task_runner": "dask"}))
+    assert all(p["workers"] == 1 for p in on_dask.values())
