@@ -28,8 +28,9 @@ def _content_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 
 def stage_task(name: str, **options: Any):
     """Decorator: a cached, persisted Prefect task for one stage."""
+    # task_run_name: runs are named by stage alone (Prefect would add a random suffix)
     return task(name=name, cache_key_fn=_content_key, persist_result=True,
-                task_run_name=f"{name}", **options)
+                task_run_name=name, **options)
 
 
 @stage_task("prepare", retries=1)

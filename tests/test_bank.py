@@ -1,6 +1,6 @@
 """Feature bank: publish/open/lookup, atomicity under a killed publisher, compatibility.
 
-Codes here come from ``downstream.standin`` (k-means on random vectors): the bank only
+Codes here come from ``tests.standin_codes`` (k-means on random vectors): the bank only
 stores and serves codes, so their meaning does not matter for these tests.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from downstream.standin import write_standin
+from tests.standin_codes import write_standin
 from feature_bank import FeatureBank, IncompatibleBankError, LATEST, memory_report, publish
 from feature_bank.bank import BankError
 from userip.cli import main as cli_main

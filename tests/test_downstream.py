@@ -1,6 +1,6 @@
 """Downstream zoo on tiny real data (the first 40 MovieLens-100K users, 1 epoch).
 
-Profile codes are stand-ins (FAISS k-means on random vectors, ``downstream.standin``):
+Profile codes are stand-ins (FAISS k-means on random vectors, ``tests.standin_codes``):
 these tests check plumbing and contracts, not that codes help.
 """
 
@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from downstream.features import open_codes
 from downstream.layers import Hyper
 from downstream.models import MODELS
-from downstream.standin import write_standin
+from tests.standin_codes import write_standin
 from downstream.train import Scorer, fit, prepare
 from feature_bank import FeatureBank, IncompatibleBankError, publish
 from userip.cli import main as cli_main
