@@ -89,7 +89,7 @@ def userip(
         # process in threads would draw from one generator and lose per-seed determinism.
         train_models.with_options(task_runner=runner)(cfg.downstream.model_dump(mode="json"),
                                                        str(data), str(codes), str(run_dir), refresh)
-    outputs["train"] = _run("train", plan, False, run_dir, None, done=_trained(cfg.downstream, run_dir))
+    outputs["train"] = _require("train", run_dir, _trained(cfg.downstream, run_dir))
     outputs["evaluate"] = _run("evaluate", plan, refresh, run_dir, evaluate_task,
                                done=run_dir / EVALUATED, data_dir=str(data))
     if _last(plan, "evaluate"):
@@ -205,11 +205,17 @@ def _run(stage: str, plan: list[str], refresh: bool, out_dir: Path, task_fn,
          done: Path | None = None, **params: Any) -> str:
     """Run ``stage``'s task if planned (forcing a recompute when asked or when its ``done``
     file, by default ``out_dir`` itself, is missing); otherwise require an earlier run's
-    output. ``task_fn=None`` only checks (the stage ran in a subflow)."""
+    output."""
     done = out_dir if done is None else done
-    if stage not in plan or task_fn is None:
-        if not done.exists():
-            raise FileNotFoundError(f"stage {stage!r} has not run with these settings; expected {done}")
-        return str(out_dir)
+    if stage not in plan:
+        return _require(stage, out_dir, done)
     runner = task_fn.with_options(refresh_cache=refresh or not done.exists())
     return runner(out_dir=str(out_dir), **params)
+
+
+def _require(stage: str, out_dir: Path, done: Path) -> str:
+    """``out_dir`` of a stage that is not run here (not planned, or run in a subflow);
+    its ``done`` file must exist."""
+    if not done.exists():
+        raise FileNotFoundError(f"stage {stage!r} has not run with these settings; expected {done}")
+    return str(out_dir)
