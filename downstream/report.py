@@ -2,7 +2,7 @@
 
 Reads ``<run>/downstream/<variant>/<model>/seed=<s>/metrics.json`` (see the package
 docstring) and writes ``<run>/report.md``, ``<run>/metrics.json`` and
-``<run>/fig6_auc_vs_codebook.png``, ``<run>/fig7_logloss_vs_codebook.png``.
+``<run>/fig6_auc_vs_codebook_size.png``, ``<run>/fig7_logloss_vs_codebook_size.png``.
 
 Statistics: mean ± sample std over seeds; the p-value is a two-sided paired t-test
 (scipy ``ttest_rel``) of test AUC with codes against without, paired by seed.
@@ -156,24 +156,42 @@ def probe(data_dir: Path, run_dir: Path, metas: dict[str, dict]) -> dict[str, di
     return out
 
 
-def _plot(points: list[tuple[int, str, dict]], key: str, path: Path, title: str) -> None:
+def _plot(series: dict[str, list[tuple[int, str, dict]]], key: str, path: Path, title: str) -> None:
+    """One line per swept profile: test ``key`` against that profile's codebook size."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    points = sorted(points)
-    ax.errorbar([p[0] for p in points], [p[2][key] for p in points],
-                yerr=[p[2][key + "_std"] for p in points], marker="o", capsize=3)
-    for x, label, s in points:
-        ax.annotate(label, (x, s[key]), fontsize=7, textcoords="offset points", xytext=(3, 3))
+    for name, points in series.items():
+        points = sorted(points)
+        ax.errorbar([p[0] for p in points], [p[2][key] for p in points],
+                    yerr=[p[2][key + "_std"] for p in points], marker="o", capsize=3, label=name)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("codebook size K (largest profile)")
+    ax.set_xlabel("codebook size K of the swept profile (the others at their default)")
     ax.set_ylabel(f"test {key} (mean ± std over seeds)")
     ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def sweep_series(metas: dict[str, dict], results: dict[str, dict]) -> dict[str, list[tuple[int, str, dict]]]:
+    """Per swept profile, ``(K, variant, metrics)`` points: the sweep's k-means variants plus
+    the plain k-means variant at the profile's default K (the same method, one more size)."""
+    series: dict[str, list[tuple[int, str, dict]]] = {}
+    for v, meta in metas.items():
+        swept = meta.get("sweep")
+        if swept and v in results:
+            series.setdefault(swept["profile"], []).append((swept["K"], v, results[v]))
+    base = metas.get("kmeans")
+    if base and "kmeans" in results:
+        for profile in base["profiles"]:
+            points = series.get(profile["name"])
+            if points is not None and all(k != profile["K"] for k, _, _ in points):
+                points.append((profile["K"], "kmeans", results["kmeans"]))
+    return {name: pts for name, pts in sorted(series.items()) if len(pts) >= 2}
 
 
 def write_report(run_dir: Path, data_dir: Path, section: DownstreamConfig) -> dict[str, Any]:
@@ -207,18 +225,14 @@ def write_report(run_dir: Path, data_dir: Path, section: DownstreamConfig) -> di
     md.append("")
     figs = []
     for m in section.ablation_models[:1]:
-        for method in sorted({metas[v]["method"] for v in metas if metas[v].get("kind") == "codes"}):
-            pts = [(max(p["K"] for p in metas[v]["profiles"]), v, agg[m][v])
-                   for v in metas if metas[v].get("method") == method and v in agg.get(m, {})]
-            if len(pts) < 2:
-                continue
-            label = f"{m}, {method} codes" + (" (stand-in)" if any(metas[v].get("note") for _, v, _ in pts) else "")
+        series = sweep_series(metas, agg.get(m, {}))
+        if series:
             for key, fig_no in (("auc", 6), ("logloss", 7)):
-                path = run_dir / f"fig{fig_no}_{key}_vs_codebook_{method}.png"
-                _plot(pts, key, path, f"Fig. {fig_no} analogue: {label}")
+                path = run_dir / f"fig{fig_no}_{key}_vs_codebook_size.png"
+                _plot(series, key, path, f"Fig. {fig_no} analogue: {m}, FAISS k-means codes on the final θ")
                 figs.append(path.name)
     md += ["## Figs 6–7 analogues: AUC / Logloss against codebook size", ""]
-    md += [f"![{f}]({f})" for f in figs] or ["(needs at least two codebook sizes of one method)"]
+    md += [f"![{f}]({f})" for f in figs] or ["(needs a quantize sweep: at least two codebook sizes of one profile)"]
     md.append("")
     probes = probe(data_dir, run_dir, metas)
     md += ["## Profile probe: do codes predict held-out user attributes?", "",

@@ -23,8 +23,9 @@ NOTE = "STAND-IN: FAISS k-means on random vectors (no user information)"
 
 def write_standin(user_ids: Sequence[str], out_dir: Path, *, method: str = "kmeans",
                   profiles: Sequence[tuple[str, int]] = (("hobby", 4), ("background", 3)),
-                  dim: int = 16, seed: int = 0) -> Path:
-    """Write ``codes.parquet`` (or ``dense.parquet`` for method ``none``) + ``meta.json``."""
+                  dim: int = 16, seed: int = 0, sweep: dict | None = None) -> Path:
+    """Write ``codes.parquet`` (or ``dense.parquet`` for method ``none``) + ``meta.json``;
+    ``sweep`` ({"profile", "K"}) marks a codebook-size sweep point, as the quantizer does."""
     rng = np.random.default_rng(seed)
     n = len(user_ids)
     cols: dict[str, object] = {"user_id": list(user_ids)}
@@ -42,6 +43,8 @@ def write_standin(user_ids: Sequence[str], out_dir: Path, *, method: str = "kmea
     kind = "dense" if method == "none" else "codes"
     meta = {"method": method, "kind": kind, "note": NOTE,
             "profiles": [{"name": nm, "K": k} for nm, k in profiles]}
+    if sweep:
+        meta["sweep"] = sweep
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".tmp-{uuid.uuid4().hex}"

@@ -98,7 +98,8 @@ def test_cli_train_evaluate_report(ml100k_small_dir: Path, codes_dir: Path, tmp_
     shutil.copytree(codes_dir, q / "userip")
     users = pl.read_parquet(ml100k_small_dir / "users.parquet")["user_id"].to_list()
     write_standin(users, q / "kmeans", method="kmeans", seed=3)
-    write_standin(users, q / "kmeans_K8", method="kmeans", profiles=(("hobby", 8), ("background", 8)), seed=4)
+    write_standin(users, q / "sweep" / "hobby_K8", method="kmeans", profiles=(("hobby", 8), ("background", 3)),
+                  seed=4, sweep={"profile": "hobby", "K": 8})
     write_standin(users, q / "none", method="none")
     cfg = tmp_path / "c.yaml"
     cfg.write_text("downstream:\n  models: [dcn]\n  transfer_models: [pnn]\n  seeds: [0, 1]\n"
@@ -110,18 +111,18 @@ def test_cli_train_evaluate_report(ml100k_small_dir: Path, codes_dir: Path, tmp_
     assert cli_main(["report", "--config", str(cfg), "--data", str(ml100k_small_dir), "--run", str(run)]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     dcn = metrics["models"]["dcn"]
-    assert set(dcn) == {"without", "userip", "kmeans", "kmeans_K8", "none"}
+    assert set(dcn) == {"without", "userip", "kmeans", "sweep-hobby_K8", "none"}
     assert set(metrics["models"]["pnn"]) == {"without", "userip"}
     for key in ("auc", "auc_std", "logloss", "logloss_std", "uauc", "n_seeds", "p_value"):
         assert key in dcn["userip"]
     assert dcn["userip"]["n_seeds"] == 2
     report = (run / "report.md").read_text()
     assert "Table 2" in report and "Table 3" in report and "Table 4" in report and "STAND-IN" in report
-    assert (run / "fig6_auc_vs_codebook_kmeans.png").stat().st_size > 0
+    assert (run / "fig6_auc_vs_codebook_size.png").stat().st_size > 0
     assert set(metrics["probe"]["userip"]) == {"occupation", "gender", "age_band"}
     # scoring a codes model against an incompatible bank is refused by evaluate
     bank = tmp_path / "bank"
-    publish(q / "kmeans_K8", bank)
+    publish(q / "sweep" / "hobby_K8", bank)
     assert cli_main(["evaluate", *common, "--run", str(run), "--bank", str(bank)]) == 2
 
 
