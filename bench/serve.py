@@ -30,9 +30,9 @@ import torch  # noqa: E402
 
 from downstream.features import load_interactions, load_users, open_codes  # noqa: E402
 from downstream.layers import Hyper  # noqa: E402
-from downstream.standin import write_standin  # noqa: E402
 from downstream.train import Scorer, fit, prepare  # noqa: E402
 from feature_bank import FeatureBank, publish  # noqa: E402
+from tests.standin_codes import write_standin  # noqa: E402
 
 
 def _interleaved_ms(fns: dict, repeats: int) -> dict[str, float]:
