@@ -25,6 +25,7 @@ from sklearn.metrics import roc_auc_score
 from downstream.features import (
     CodeSource,
     DenseProfiles,
+    Encoder,
     FeatureMap,
     codes_record,
     load_interactions,
@@ -66,11 +67,12 @@ def prepare(data_dir: Path, codes: CodeSource | None, use_observed: bool) -> Pre
     if train.height == 0 or train["label"].n_unique() < 2:
         raise InputError("the train split needs both labels", path=str(data_dir / "interactions.parquet"))
     fmap = FeatureMap.build(train, users, codes, use_observed)
+    encoder = fmap.encoder(users, codes)
     splits = {}
     for name in ("train", "valid", "test"):
         part = inter.filter(pl.col("split") == name)
         uid = part["user_id"].to_numpy()
-        x_cat, x_dense = fmap.encode(uid, part["item_id"].to_numpy(), users, codes)
+        x_cat, x_dense = encoder.encode(uid, part["item_id"].to_numpy())
         splits[name] = Split(uid, x_cat, x_dense, part["label"].to_numpy().astype(np.float32))
     return Prepared(fmap, splits, codes_record(codes), hash_file(data_dir / "interactions.parquet"))
 
@@ -131,7 +133,7 @@ def _fit_torch(model: torch.nn.Module, tr: Split, va: Split, *, seed: int, epoch
     return {"best_epoch": best_epoch, "val_auc": best_auc, "val_auc_history": history}
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_torch(model: torch.nn.Module, x_cat: np.ndarray, x_dense: np.ndarray) -> np.ndarray:
     model.eval()
     xc, xd = torch.from_numpy(x_cat), torch.from_numpy(x_dense)
@@ -176,6 +178,7 @@ class Scorer:
             self.model.eval()
         else:
             self.model.load(model_dir)
+        self._bound: tuple[pl.DataFrame | None, CodeSource | None, Encoder] | None = None
 
     def check_codes(self, codes: CodeSource | None) -> None:
         """Refuse a code source that is missing or means something else than at training."""
@@ -196,10 +199,16 @@ class Scorer:
               codes: CodeSource | None) -> np.ndarray:
         """Click probabilities; unseen users/items use the OOV index, users missing from
         the bank the unknown code."""
-        self.check_codes(codes)
-        x_cat, x_dense = self.fmap.encode(np.asarray(user_ids, dtype=object),
-                                          np.asarray(item_ids, dtype=object), users, codes)
-        return self.predict_encoded(x_cat, x_dense)
+        return self.predict_encoded(*self.encoder(users, codes).encode(user_ids, item_ids))
+
+    def encoder(self, users: pl.DataFrame | None, codes: CodeSource | None) -> Encoder:
+        """The encoder for this users table and code source, checked and built on first
+        use and kept while the same objects are passed: a server opens its bank once and
+        then pays only the per-request id lookups, not a bank alignment per call."""
+        if self._bound is None or self._bound[0] is not users or self._bound[1] is not codes:
+            self.check_codes(codes)
+            self._bound = (users, codes, self.fmap.encoder(users, codes))
+        return self._bound[2]
 
     def predict_encoded(self, x_cat: np.ndarray, x_dense: np.ndarray) -> np.ndarray:
         if isinstance(self.model, torch.nn.Module):

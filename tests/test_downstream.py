@@ -66,8 +66,8 @@ def test_unknown_users_items_and_bank_compatibility(prepared, ml100k_small_dir: 
     publish(codes_dir, bank_dir)
     bank = FeatureBank.open(bank_dir)
     fmap = scorer.fmap
-    x_cat, _ = fmap.encode(np.array(["ghost", fmap.users[0]], dtype=object),
-                           np.array(["no-such-item", fmap.items[0]], dtype=object), None, bank)
+    x_cat, _ = fmap.encoder(None, bank).encode(np.array(["ghost", fmap.users[0]], dtype=object),
+                                               np.array(["no-such-item", fmap.items[0]], dtype=object))
     assert x_cat[0, 0] == len(fmap.users) and x_cat[0, 1] == len(fmap.items)   # OOV indices
     assert list(x_cat[0, -2:]) == [4, 3]                                          # bank's unknown code
     p = scorer.score(np.array(["ghost", fmap.users[0]]), np.array(["no-such-item", fmap.items[0]]), None, bank)
