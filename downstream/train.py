@@ -93,6 +93,7 @@ def fit(name: str, data: Prepared, out_dir: Path, *, seed: int, hp: Hyper, epoch
     if len(va.y) == 0 or len(np.unique(va.y)) < 2:
         raise InputError("the valid split needs both labels to select epochs")
     start = time.perf_counter()
+    torch.manual_seed(seed)  # before the model: its initial weights come from the global RNG
     model = cls(data.fmap, hp)
     if is_torch(name):
         info = _fit_torch(model, tr, va, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -111,7 +112,6 @@ def fit(name: str, data: Prepared, out_dir: Path, *, seed: int, hp: Hyper, epoch
 
 def _fit_torch(model: torch.nn.Module, tr: Split, va: Split, *, seed: int, epochs: int,
                batch_size: int, lr: float, patience: int) -> dict[str, Any]:
-    torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     x_cat, x_dense, y = torch.from_numpy(tr.x_cat), torch.from_numpy(tr.x_dense), torch.from_numpy(tr.y)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
