@@ -88,6 +88,12 @@ def test_unknown_users_items_and_bank_compatibility(prepared, ml100k_small_dir: 
     assert list(x_cat[0, -2:]) == [4, 3]                                          # bank's unknown code
     p = scorer.score(np.array(["ghost", fmap.users[0]]), np.array(["no-such-item", fmap.items[0]]), None, bank)
     assert np.all(np.isfinite(p))
+    # a user the bank knows but the model never saw: the OOV user index and the bank's codes
+    newer = FeatureBank.from_codes_dir(write_standin([*fmap.users, "newcomer"], tmp_path / "newer", seed=7))
+    ids = np.array(["newcomer", fmap.users[1], "ghost"], dtype=object)
+    x_cat, _ = fmap.encoder(None, newer).encode(ids, np.array(fmap.items[:3], dtype=object))
+    assert list(x_cat[:, 0]) == [len(fmap.users), 1, len(fmap.users)]
+    np.testing.assert_array_equal(x_cat[:, -2:], newer.lookup(ids))
 
     other = write_standin(fmap.users, tmp_path / "k5", profiles=(("hobby", 5), ("background", 3)))
     with pytest.raises(IncompatibleBankError, match="profiles"):
