@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import polars as pl
 from feature_bank import FeatureBank
 from feature_bank.bank import read_meta, read_parquet
 from userip.errors import InputError
+from userip.ids import IdIndex
 
 SPLITS = ("train", "valid", "test")
 # Observed attributes too fine-grained to help (one value per user) are left out.
@@ -65,7 +65,7 @@ class DenseProfiles:
         df = read_parquet(path, ["user_id"])
         self.columns = [c for c in df.columns if c != "user_id"]
         self.source = str(codes_dir)
-        self._index = pd.Index(df["user_id"].cast(pl.String).to_numpy())
+        self._users = IdIndex(df["user_id"].cast(pl.String).to_numpy())
         self._x = np.vstack([df.select(self.columns).to_numpy().astype(np.float32),
                              np.zeros((1, len(self.columns)), np.float32)])
         with open(path, "rb") as fh:
@@ -73,10 +73,12 @@ class DenseProfiles:
         self.compat = {"dense_columns": self.columns, "dense_sha256": digest}
         self.method = str(meta["method"])
 
+    @property
+    def user_ids(self) -> np.ndarray:
+        return self._users.ids
+
     def lookup(self, user_ids: np.ndarray) -> np.ndarray:
-        rows = self._index.get_indexer(np.asarray(user_ids, dtype=object))
-        rows[rows < 0] = len(self._x) - 1
-        return self._x[rows]
+        return self._x[self._users.positions(user_ids)]
 
 
 CodeSource = FeatureBank | DenseProfiles
@@ -147,57 +149,30 @@ class FeatureMap:
             dense_dim=len(codes.columns) if isinstance(codes, DenseProfiles) else 0,
         )
 
-    def encode(self, user_ids: np.ndarray, item_ids: np.ndarray, users: pl.DataFrame | None,
-               codes: CodeSource | None) -> tuple[np.ndarray, np.ndarray]:
-        """(x_cat int64 (n, F), x_dense float32 (n, D)); unseen values map to OOV."""
-        cols = [_index(self.user_index, user_ids), _index(self.item_index, item_ids)]
-        if self.observed:
-            attrs = pl.DataFrame({"user_id": user_ids}).join(users, on="user_id", how="left",
-                                                             maintain_order="left") if users is not None else None
-            for col, vocab in self.observed.items():
-                if attrs is None or col not in attrs.columns:
-                    cols.append(np.full(len(user_ids), len(vocab), np.int64))
-                elif col in self.numeric_edges:
-                    vals = attrs[col].cast(pl.Float64).to_numpy()
-                    idx = np.searchsorted(self.numeric_edges[col], vals, side="right").astype(np.int64)
-                    idx[np.isnan(vals)] = len(vocab)
-                    cols.append(idx)
-                else:
-                    cols.append(_index(pd.Index(vocab), attrs[col].cast(pl.String).to_numpy()))
-        x_cat = np.column_stack(cols)
-        if self.codes:
-            if not isinstance(codes, FeatureBank):
-                raise InputError("this model was trained with profile codes; give it a bank or codes dir")
-            x_cat = np.hstack([x_cat, self._codes_for(codes, cols[0], user_ids)])
-        x_dense = np.zeros((len(user_ids), 0), np.float32)
-        if self.dense_dim:
-            if not isinstance(codes, DenseProfiles):
-                raise InputError("this model was trained with dense profiles; give it their dir")
-            x_dense = codes.lookup(user_ids)
-        return x_cat, x_dense
+    def encoder(self, users: pl.DataFrame | None, codes: CodeSource | None) -> Encoder:
+        """This map bound to a users table (for observed attributes) and a code source."""
+        return Encoder(self, users, codes)
 
-    def _codes_for(self, bank: FeatureBank, user_idx: np.ndarray, user_ids: np.ndarray) -> np.ndarray:
-        """Bank codes of these users. The codes of every vocabulary user are looked up once
-        per bank and then gathered by the user index already computed (no second string
-        hash per request); only OOV users (not seen in training) go to the bank itself."""
-        cached = self.__dict__.get("_code_table")
-        if cached is None or cached[0] is not bank:
-            table = np.vstack([bank.lookup(np.asarray(self.users, dtype=object)),
-                               np.asarray(bank.manifest.sizes, dtype=np.int64)[None, :]])
-            cached = self.__dict__["_code_table"] = (bank, table)
-        out = cached[1][user_idx]
-        oov = user_idx == len(self.users)
-        if oov.any():
-            out[oov] = bank.lookup(np.asarray(user_ids, dtype=object)[oov])
-        return out
-
-    @cached_property
-    def user_index(self) -> pd.Index:
-        return pd.Index(self.users)
-
-    @cached_property
-    def item_index(self) -> pd.Index:
-        return pd.Index(self.items)
+    def observed_columns(self, user_ids: np.ndarray, users: pl.DataFrame | None) -> list[np.ndarray]:
+        """One index column per observed attribute; users or values not seen map to OOV."""
+        if not self.observed:
+            return []
+        attrs = None
+        if users is not None:
+            attrs = pl.DataFrame({"user_id": pl.Series(user_ids, dtype=pl.String)}).join(
+                users.unique("user_id", keep="first"), on="user_id", how="left", maintain_order="left")
+        cols = []
+        for col, vocab in self.observed.items():
+            if attrs is None or col not in attrs.columns:
+                cols.append(np.full(len(user_ids), len(vocab), np.int64))
+            elif col in self.numeric_edges:
+                vals = attrs[col].cast(pl.Float64).to_numpy()
+                idx = np.searchsorted(self.numeric_edges[col], vals, side="right").astype(np.int64)
+                idx[np.isnan(vals)] = len(vocab)
+                cols.append(idx)
+            else:
+                cols.append(IdIndex(vocab).positions(attrs[col].cast(pl.String).to_numpy()))
+        return cols
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -212,8 +187,48 @@ class FeatureMap:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _index(vocab: pd.Index, values: np.ndarray) -> np.ndarray:
-    """Positions of ``values`` in ``vocab``; absent values get len(vocab) (OOV)."""
-    idx = vocab.get_indexer(np.asarray(values, dtype=object))
-    idx[idx < 0] = len(vocab)
-    return idx.astype(np.int64)
+class Encoder:
+    """A feature map bound to one users table and one code source, ready to encode requests.
+
+    Every per-user feature (the model's user index, observed attributes, profile codes,
+    dense profile) is computed once here as a row of a table over one user index: the
+    model's user vocabulary first, then users only the code source or users table knows,
+    then a last row for unknown users. Encoding a request is then one id lookup for its
+    users, one for its items and a row gather; the bank lookup and the model's user
+    feature share the same position instead of hashing every user id twice."""
+
+    def __init__(self, fmap: FeatureMap, users: pl.DataFrame | None, codes: CodeSource | None) -> None:
+        if fmap.codes and not isinstance(codes, FeatureBank):
+            raise InputError("this model was trained with profile codes; give it a bank or codes dir")
+        if fmap.dense_dim and not isinstance(codes, DenseProfiles):
+            raise InputError("this model was trained with dense profiles; give it their dir")
+        vocab = IdIndex(fmap.users)
+        known = [codes.user_ids] if codes is not None and (fmap.codes or fmap.dense_dim) else []
+        if fmap.observed and users is not None:
+            known.append(users["user_id"].to_numpy())
+        extra = pd.unique(np.concatenate(known)) if known else np.zeros(0, object)
+        ids = np.concatenate([vocab.ids, extra[vocab.positions(extra) == len(vocab)]])
+        self._users = IdIndex(ids)
+        n = len(ids)
+        user_col = np.minimum(np.arange(n + 1, dtype=np.int64), len(vocab))  # past the vocabulary: OOV
+        item_col = np.zeros(n + 1, np.int64)  # filled per request
+        attrs = [np.append(c, len(v)) for c, (_, v) in
+                 zip(fmap.observed_columns(ids, users), fmap.observed.items())]
+        table = np.column_stack([user_col, item_col, *attrs])
+        if fmap.codes:  # unknown users: the bank's reserved code K_m
+            unknown = np.asarray(codes.manifest.sizes, np.int64)[None, :]
+            table = np.hstack([table, np.vstack([codes.lookup(ids), unknown])])
+        self._table = table
+        self._dense = np.zeros((n + 1, fmap.dense_dim), np.float32)  # unknown users: zeros
+        if fmap.dense_dim:
+            self._dense[:n] = codes.lookup(ids)
+        self._items = IdIndex(fmap.items)
+
+    def encode(self, user_ids: np.ndarray, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(x_cat int64 (n, F), x_dense float32 (n, D)); unseen values map to OOV."""
+        if len(user_ids) != len(item_ids):
+            raise InputError(f"{len(user_ids)} user ids but {len(item_ids)} item ids")
+        rows = self._users.positions(user_ids)
+        x_cat = self._table[rows]
+        x_cat[:, 1] = self._items.positions(item_ids)
+        return x_cat, self._dense[rows]

@@ -16,7 +16,7 @@ def uauc(user_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
     df = pl.DataFrame({"u": user_ids, "y": labels.astype(np.int8), "s": scores.astype(np.float64)})
     per_user = (
         df.with_columns(pl.col("s").rank("average").over("u").alias("r"))
-        .group_by("u")
+        .group_by("u", maintain_order=True)  # a fixed order, so the mean sums alike every call
         .agg(pos=pl.col("y").sum().cast(pl.Float64), n=pl.len().cast(pl.Float64),
              rank_pos=(pl.col("r") * pl.col("y")).sum())
         .filter((pl.col("pos") > 0) & (pl.col("pos") < pl.col("n")))

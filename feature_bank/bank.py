@@ -19,13 +19,13 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
-import pandas as pd
 import polars as pl
 
 from userip.errors import ConfigError, InputError, UseripError
+from userip.ids import IdIndex
 
 LATEST = "LATEST"
 CODES_FILE = "codes.parquet"
@@ -239,7 +239,7 @@ class FeatureBank:
                  source: str) -> None:
         self.manifest = manifest
         self.source = source
-        self._index = pd.Index(user_ids)
+        self._users = IdIndex(user_ids)
         # last row holds the unknown code K_m for every profile
         self._codes = np.vstack([codes.astype(np.int64),
                                  np.asarray(manifest.sizes, dtype=np.int64)[None, :]])
@@ -268,13 +268,16 @@ class FeatureBank:
 
     @property
     def n_users(self) -> int:
-        return len(self._index)
+        return len(self._users)
 
-    def lookup(self, user_ids: Iterable[str] | np.ndarray) -> np.ndarray:
+    @property
+    def user_ids(self) -> np.ndarray:
+        """Every user the bank holds codes for (object array)."""
+        return self._users.ids
+
+    def lookup(self, user_ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """Codes (n, M) as int64; users not in the bank get code K_m in column m."""
-        rows = self._index.get_indexer(np.asarray(user_ids, dtype=object))
-        rows[rows < 0] = len(self._codes) - 1
-        return self._codes[rows]
+        return self._codes[self._users.positions(user_ids)]
 
     def check_compatible(self, expected: dict[str, Any], what: str = "model") -> None:
         """Raise if this bank's profiles, sizes or codebook differ from ``expected``

@@ -39,3 +39,12 @@ def test_paired_p_value() -> None:
     assert paired_p_value(with_codes, without) == pytest.approx(stats.ttest_rel(with_codes, without).pvalue)
     assert paired_p_value([0.7], [0.6]) is None               # one pair: undefined
     assert paired_p_value([0.7, 0.8], [0.6, 0.7]) is None     # constant difference: undefined
+
+
+def test_uauc_is_bit_identical_across_calls() -> None:
+    """Per-user AUCs are averaged in a fixed order; a hash group-by's varying group order
+    moved the mean in the last bit between calls on identical inputs."""
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 3000, 30_000).astype(str)
+    labels, scores = rng.integers(0, 2, 30_000), rng.random(30_000)
+    assert len({uauc(users, labels, scores) for _ in range(20)}) == 1

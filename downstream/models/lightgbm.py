@@ -27,7 +27,10 @@ class LightGBM:
     def fit(self, train, valid, *, seed: int, threads: int) -> dict:
         params = {"objective": "binary", "metric": "auc", "learning_rate": 0.05,
                   "num_leaves": 31, "min_data_in_leaf": 20, "cat_smooth": 10,
-                  "seed": seed, "num_threads": threads, "verbose": -1}
+                  "seed": seed, "num_threads": threads, "verbose": -1,
+                  # without these LightGBM picks row- or column-wise histograms by timing
+                  # both at start-up, and the two sum in different orders
+                  "deterministic": True, "force_col_wise": True}
         dtrain = self._dataset(*train)
         dvalid = self._dataset(*valid, reference=dtrain)
         self.booster = lgb.train(params, dtrain, MAX_ROUNDS, valid_sets=[dvalid],
