@@ -117,7 +117,8 @@ def publish(out_dir: Path, *, theta: torch.Tensor, user_ids: list[str], codebook
             tmp / SURROGATE_ITEMS)  # row r = the surrogate's item embedding row r
         codes.write_parquet(tmp / CODES)
         with open(tmp / "curves.csv", "w", newline="") as fh:
-            fields = ["epoch", "phase", "train_llm", "train_vec", "train_rec", "valid_llm"]
+            fields = ["epoch", "phase", "train_llm", "train_vec", "train_rec", "valid_llm",
+                      "reseeded"]
             writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
             writer.writerows({k: ("" if isinstance(v, float) and v != v else v)
