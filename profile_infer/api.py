@@ -124,7 +124,7 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
             theta, user_ids, codes = _merge(base, data.user_ids, theta, codes)
         emb = loaded.model.get_input_embeddings().weight
         explain = explanation(cfg, trainer.codebooks, theta, user_ids, codes, emb,
-                              loaded.tokenizer, trainer.dim)
+                              loaded.tokenizer, trainer.dim, data_dir)
         meta = {
             "model": cfg.model, "model_path": str(loaded.path), "device": str(loaded.device),
             "data_dir": str(data_dir.resolve()),
