@@ -38,7 +38,7 @@ def dead_threshold(n_users: int, min_share: float) -> int:
 
 def reseed_dead_codes(theta: torch.Tensor, sl: slice, codebook: np.ndarray,
                       min_share: float = 0.0) -> tuple[np.ndarray, list[int]]:
-    """Return (new codebook, re-seeded code ids) for one profile.
+    """Return (new codebook, re-seeded code ids, once per round) for one profile.
 
     Dead codes (fewer users than ``dead_threshold``) are re-seeded, in code order, onto
     the users farthest from their assigned centroid, skipping a user whose move would

@@ -19,7 +19,7 @@ import polars as pl
 
 CATEGORY_SEP = " | "  # how dataprep joins item categories (dataprep/readers/base.py)
 TOP = 5
-# Typical items must be rated by this share of the code's users too: ranking by lift
+# Typical items must also be in the history of this share of the code's users: ranking by lift
 # alone lists items that a handful of users saw, which says little about the code.
 TYPICAL_ITEM_MIN_USER_SHARE = 0.1
 MAX_ATTRIBUTE_VALUES = 30  # string attributes with more distinct values (zip codes) are skipped
