@@ -124,7 +124,7 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
             theta, user_ids, codes = _merge(base, data.user_ids, theta, codes)
         emb = loaded.model.get_input_embeddings().weight
         explain = explanation(cfg, trainer.codebooks, theta, user_ids, codes, emb,
-                              loaded.tokenizer, trainer.dim)
+                              loaded.tokenizer, trainer.dim, data_dir)
         meta = {
             "model": cfg.model, "model_path": str(loaded.path), "device": str(loaded.device),
             "data_dir": str(data_dir.resolve()),
@@ -136,7 +136,12 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
             "n_surrogate_users": (base["meta"]["n_surrogate_users"] if base else len(user_ids)),
             "hidden_size": trainer.dim, "mode": "incremental" if base else "full",
             "refreshed_users": len(data.user_ids), "epochs_run": progress.epoch,
-            "early_stopped": progress.done, "skipped": data.skipped,
+            "early_stopped": progress.done,
+            "published_epoch": progress.best_epoch if progress.best_epoch >= 0
+            else progress.epoch - 1,
+            "best_valid_llm": progress.best_valid if progress.best_epoch >= 0 else None,
+            "reseeded_codes": {p.name: progress.reseeded.get(p.name, 0) for p in cfg.profiles},
+            "skipped": data.skipped,
             "pad_token_fallback": loaded.pad_fallback, "world_size": world,
         }
         publish(out_dir, theta=theta, user_ids=user_ids, codebooks=trainer.codebooks,

@@ -16,6 +16,7 @@ import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
 
+from profile_infer.describe import TYPICAL_ITEM_MIN_USER_SHARE, describe_codes
 from userip.atomic import publish_dir, staging_dir
 from userip.config import ProfileConfig
 
@@ -71,18 +72,38 @@ def nearest_tokens(vectors: torch.Tensor, embeddings: torch.Tensor, tokenizer,
 
 
 def explanation(cfg: ProfileConfig, codebooks, theta, user_ids, codes: pl.DataFrame,
-                embeddings, tokenizer, dim: int) -> dict:
-    """Paper Table 7 analogue: nearest words to each centroid and to a few users' θ."""
-    result: dict = {"method": "cosine to the LM input embeddings, centred on their mean",
-                    "profiles": {},
-                    "users": []}
+                embeddings, tokenizer, dim: int, data_dir: Path) -> dict:
+    """Per code: the paper's nearest words (Table 7) and a description from the data.
+
+    Nearest tokens are the paper's method but read as noise after short training runs;
+    the description (``describe``) says who holds the code and what they interact with.
+    """
+    result: dict = {
+        "method": {
+            "nearest_tokens": "the paper's method (Table 7): vocabulary tokens nearest to the "
+                              "centroid by cosine to the LM input embeddings, centred on their "
+                              "mean; noisy unless θ is well trained",
+            "description": "from the train split: users holding the code; item categories and "
+                           "items over-represented among their train interactions (lift = "
+                           "share in the code / share over all profiled users, count >= "
+                           f"{cfg.explain_min_support}; typical items also seen by >= "
+                           f"{TYPICAL_ITEM_MIN_USER_SHARE:.0%} of the code's users); "
+                           "users.parquet attributes: lifts of categorical values, medians "
+                           "of numeric ones"},
+        "profiles": {},
+        "users": []}
+    described = describe_codes(codes, [p.name for p in cfg.profiles], data_dir,
+                               cfg.explain_min_support)
     for spec, cb in zip(cfg.profiles, codebooks):
         groups = cb.detach().float().cpu().reshape(spec.codebook_size, spec.n_tokens, dim)
         near = nearest_tokens(groups, embeddings, tokenizer)
-        sizes = codes[spec.name].value_counts().sort(spec.name)
-        count = dict(zip(sizes[spec.name].to_list(), sizes["count"].to_list()))
+        desc = described[spec.name]
         result["profiles"][spec.name] = [
-            {"code": k, "users": int(count.get(k, 0)), "nearest_tokens": near[k]}
+            {"code": k, "users": desc[k]["users"] if k in desc else 0,
+             "summary": desc[k]["summary"] if k in desc else "no user holds this code",
+             "nearest_tokens": near[k],
+             "description": {f: v for f, v in desc[k].items() if f != "summary"}
+             if k in desc else None}
             for k in range(spec.codebook_size)]
     rng = np.random.default_rng(cfg.seed)
     picks = rng.choice(len(user_ids), size=min(cfg.explain_users, len(user_ids)), replace=False)
@@ -117,7 +138,8 @@ def publish(out_dir: Path, *, theta: torch.Tensor, user_ids: list[str], codebook
             tmp / SURROGATE_ITEMS)  # row r = the surrogate's item embedding row r
         codes.write_parquet(tmp / CODES)
         with open(tmp / "curves.csv", "w", newline="") as fh:
-            fields = ["epoch", "phase", "train_llm", "train_vec", "train_rec", "valid_llm"]
+            fields = ["epoch", "phase", "train_llm", "train_vec", "train_rec", "valid_llm",
+                      "reseeded"]
             writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
             writer.writerows({k: ("" if isinstance(v, float) and v != v else v)

@@ -5,6 +5,12 @@ initialised by FAISS k-means on θ and the joint loss of Eq. 7 is minimised unti
 validation LM loss stops improving for ``patience`` epochs (at least one) or
 ``max_epochs`` joint epochs ran. Only θ rows of the batch, the codebooks and the
 surrogate are trained; the LM is frozen.
+
+Each joint epoch ends with the codebook collapse guard (dead codes re-seeded, see
+``dead_codes``) and the validation LM loss. The joint epoch with the lowest one is
+snapshotted to ``best.*.pt`` beside the checkpoints (θ is too large for a second copy
+in memory) and restored when training ends, so the published profile is the best
+epoch's, not the last one's.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 
 from profile_infer import distributed as dd
 from profile_infer.data import ProfileData
+from profile_infer.dead_codes import reseed_dead_codes
 from profile_infer.prompt import PromptLayout, pad_targets, target_nll
 from profile_infer.surrogate import (SurrogateDCN, nearest_codes, rec_loss_sum,
                                      straight_through, vq_loss)
@@ -40,7 +47,9 @@ class Progress:
     step: int = 0
     codebooks_ready: bool = False
     best_valid: float = float("inf")
+    best_epoch: int = -1  # joint epoch saved in the best snapshot; -1 = none yet
     bad_epochs: int = 0
+    reseeded: dict[str, int] = field(default_factory=dict)  # dead codes re-seeded, per profile
     done: bool = False
     sums: dict[str, float] = field(default_factory=dict)
     curves: list[dict] = field(default_factory=list)
@@ -208,8 +217,46 @@ class Trainer:
     def _ckpt_path(self) -> Path:
         return self.ckpt_dir / f"state.rank{self.rank}of{self.world}.pt"
 
-    def save_checkpoint(self) -> None:
+    def _best_path(self) -> Path:
+        return self.ckpt_dir / f"best.rank{self.rank}of{self.world}.pt"
+
+    def _atomic_save(self, state: dict, path: Path) -> None:
+        """Write to a temp file and rename: a kill never leaves a torn file at ``path``."""
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def save_best(self) -> None:
+        """Snapshot what gets published (θ, codebooks, surrogate) of the current epoch."""
+        self._atomic_save({"fingerprint": self.fingerprint, "epoch": self.progress.epoch,
+                           "theta": self.theta,
+                           "codebooks": [cb.detach().cpu() for cb in self.codebooks],
+                           "surrogate": self.surrogate.state_dict()}, self._best_path())
+
+    def restore_best(self) -> None:
+        """Load the best joint epoch's snapshot unless the last epoch run is that epoch.
+
+        The snapshot is memory-mapped, so θ is copied in without a second table in RAM.
+        """
+        pr = self.progress
+        if pr.best_epoch < 0 or pr.best_epoch == pr.epoch - 1:
+            return
+        path = self._best_path()
+        state = torch.load(path, mmap=True, weights_only=True) if path.is_file() else None
+        if state is None or state["fingerprint"] != self.fingerprint \
+                or state["epoch"] != pr.best_epoch:
+            raise RuntimeError(f"{path}: no snapshot of the best epoch {pr.best_epoch}; "
+                               f"delete {self.ckpt_dir} and run again")
+        self.theta.copy_(state["theta"])
+        with torch.no_grad():
+            for cb, saved in zip(self.codebooks, state["codebooks"]):
+                cb.copy_(saved)
+        self.surrogate.load_state_dict(state["surrogate"])
+        log.info("restored the best epoch %d (validation LM loss %.4f) over the last one, %d",
+                 pr.best_epoch, pr.best_valid, pr.epoch - 1)
+
+    def save_checkpoint(self) -> None:
         state = {
             "fingerprint": self.fingerprint, "theta": self.theta,
             "opt_theta": self.opt_theta.state_dict(),
@@ -219,10 +266,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                     "python": random.getstate()},
         }
-        path = self._ckpt_path()
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        self._atomic_save(state, self._ckpt_path())
 
     def try_resume(self) -> bool:
         path = self._ckpt_path()
@@ -260,7 +304,7 @@ class Trainer:
         if not pr.curves and pr.step == 0:  # the starting point of the validation curve
             pr.curves.append({"epoch": -1, "phase": "init", "train_llm": float("nan"),
                               "train_vec": float("nan"), "train_rec": float("nan"),
-                              "valid_llm": self.valid_loss()})
+                              "valid_llm": self.valid_loss(), "reseeded": float("nan")})
         while not pr.done and pr.epoch < total_epochs:
             joint = pr.epoch >= warmup
             if joint and not pr.codebooks_ready:
@@ -282,23 +326,53 @@ class Trainer:
                     self.save_checkpoint()
             self._end_epoch(joint)
             self.save_checkpoint()
+        self.restore_best()
         return pr
+
+    def guard_codebooks(self) -> int:
+        """Re-seed dead codes (rank 0 decides, all ranks copy); returns how many."""
+        full = self.full_theta()
+        total = 0
+        for m, (spec, cb) in enumerate(zip(self.cfg.profiles, self.codebooks)):
+            book = cb.detach().cpu()
+            flag = torch.zeros(len(book), dtype=torch.int64)  # gloo cannot broadcast bool
+            if self.rank == 0:
+                new, ids = reseed_dead_codes(full, self.layout.profile_slices[m], book.numpy(),
+                                             self.cfg.dead_code_share)
+                book, flag[ids] = torch.from_numpy(new), 1
+            book, fresh = dd.broadcast(book.contiguous()), dd.broadcast(flag).bool()
+            n = int(fresh.sum())
+            if not n:
+                continue
+            with torch.no_grad():
+                cb.copy_(book.to(self.device))
+            state = self.opt_shared.state.get(cb, {})
+            for key in ("exp_avg", "exp_avg_sq"):  # a re-seeded code starts without momentum
+                if key in state:
+                    state[key][fresh.to(state[key].device)] = 0.0
+            self.progress.reseeded[spec.name] = self.progress.reseeded.get(spec.name, 0) + n
+            total += n
+            log.warning("profile %s: re-seeded %d dead code(s) %s onto the users farthest "
+                        "from their centroid", spec.name, n, fresh.nonzero()[:, 0].tolist())
+        return total
 
     def _end_epoch(self, joint: bool) -> None:
         pr = self.progress
         keys = ("llm", "vec", "rec", "n_inter")
         tot = dd.all_sum(torch.tensor([pr.sums.get(k, 0.0) for k in keys], dtype=torch.float64))
+        reseeded = self.guard_codebooks() if joint and not self.frozen else float("nan")
         valid = self.valid_loss()
         row = {"epoch": pr.epoch, "phase": "joint" if joint else "warmup",
                "train_llm": float(tot[0] / self.n_rows),
                "train_vec": float(tot[1] / self.n_rows) if joint else float("nan"),
                "train_rec": float(tot[2] / max(tot[3].item(), 1.0)) if joint else float("nan"),
-               "valid_llm": valid}
+               "valid_llm": valid, "reseeded": reseeded}
         pr.curves.append(row)
         log.info("epoch %d done: %s", pr.epoch, row)
         if joint and not np.isnan(valid):
             if valid < pr.best_valid - 1e-6:
-                pr.best_valid, pr.bad_epochs = valid, 0
+                pr.best_valid, pr.best_epoch, pr.bad_epochs = valid, pr.epoch, 0
+                self.save_best()
             else:
                 pr.bad_epochs += 1
                 if pr.bad_epochs >= max(self.cfg.patience, 1):
