@@ -7,7 +7,7 @@ validation LM loss stops improving for ``patience`` epochs (at least one) or
 surrogate are trained; the LM is frozen.
 
 Each joint epoch ends with the codebook collapse guard (dead codes re-seeded, see
-``dead_codes``) and the validation LM loss. The joint epoch with the lowest one is
+``codebooks``) and the validation LM loss. The joint epoch with the lowest one is
 snapshotted to ``best.*.pt`` beside the checkpoints (θ is too large for a second copy
 in memory) and restored when training ends, so the published profile is the best
 epoch's, not the last one's.
@@ -22,13 +22,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
 from profile_infer import distributed as dd
+from profile_infer.codebooks import kmeans_codebook, reseed_dead_codes
 from profile_infer.data import ProfileData
-from profile_infer.dead_codes import reseed_dead_codes
 from profile_infer.prompt import PromptLayout, pad_targets, target_nll
 from profile_infer.surrogate import (SurrogateDCN, nearest_codes, rec_loss_sum,
                                      straight_through, vq_loss)
@@ -63,16 +62,6 @@ class Prior:
     surrogate_state: dict[str, torch.Tensor]
     n_surrogate_users: int
     theta: torch.Tensor | None  # (rows, T, d) warm start for the rows being refreshed, NaN = new
-
-
-def kmeans_codebook(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """FAISS k-means centroids (K, dim) of the rows of ``x``."""
-    if len(x) < k:
-        raise ValueError(f"codebook size {k} exceeds the {len(x)} users with a profile")
-    km = faiss.Kmeans(x.shape[1], k, niter=25, seed=seed, verbose=False,
-                      max_points_per_centroid=1 << 20)
-    km.train(np.ascontiguousarray(x, dtype=np.float32))
-    return km.centroids.copy()
 
 
 class Trainer:
@@ -338,7 +327,7 @@ class Trainer:
             flag = torch.zeros(len(book), dtype=torch.int64)  # gloo cannot broadcast bool
             if self.rank == 0:
                 new, ids = reseed_dead_codes(full, self.layout.profile_slices[m], book.numpy(),
-                                             self.cfg.dead_code_share)
+                                             self.cfg.dead_code_share, self.cfg.seed)
                 book, flag[ids] = torch.from_numpy(new), 1
             book, fresh = dd.broadcast(book.contiguous()), dd.broadcast(flag).bool()
             n = int(fresh.sum())
@@ -352,8 +341,8 @@ class Trainer:
                     state[key][fresh.to(state[key].device)] = 0.0
             self.progress.reseeded[spec.name] = self.progress.reseeded.get(spec.name, 0) + n
             total += n
-            log.warning("profile %s: re-seeded %d dead code(s) %s onto the users farthest "
-                        "from their centroid", spec.name, n, fresh.nonzero()[:, 0].tolist())
+            log.warning("profile %s: re-seeded %d dead code(s) %s by splitting the code "
+                        "with the most users", spec.name, n, fresh.nonzero()[:, 0].tolist())
         return total
 
     def _end_epoch(self, joint: bool) -> None:

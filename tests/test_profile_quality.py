@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from profile_infer import infer
-from profile_infer.dead_codes import assign_chunked, reseed_dead_codes
+from profile_infer.codebooks import assign_chunked, reseed_dead_codes
 from profile_infer.describe import describe_codes
 from profile_infer.outputs import load_published
 from tests.profile_fixtures import write_data_dir, write_tiny_llama
@@ -54,51 +54,50 @@ def test_published_profile_is_the_best_epoch_not_the_last(tiny, tmp_path):
 
 
 def _clusters() -> torch.Tensor:
-    """(N, 2 tokens, 2 dims): token 0 in two tight clusters plus one straggler."""
+    """(30, 2 tokens, 2 dims): token 0 in three tight clusters of 10 users each."""
     rng = np.random.default_rng(0)
-    a = rng.normal([0.0, 0.0], 0.1, size=(10, 2))
-    b = rng.normal([10.0, 0.0], 0.1, size=(10, 2))
-    straggler = np.array([[0.0, 4.0]])  # nearest to cluster a's centroid, but far from it
-    tok0 = np.concatenate([a, b, straggler])
+    tok0 = np.concatenate([rng.normal(c, 0.1, size=(10, 2)) for c in ([0, 0], [10, 0], [0, 10])])
     theta = np.stack([tok0, rng.normal(size=tok0.shape)], axis=1)
     return torch.tensor(theta, dtype=torch.float32)
 
 
-def test_dead_code_is_reseeded_onto_the_worst_served_user():
-    theta = _clusters()
-    book = np.array([[0.0, 0.0], [10.0, 0.0], [-50.0, -50.0]], dtype=np.float32)
-    before, _ = assign_chunked(theta, slice(0, 1), book)
-    assert np.bincount(before, minlength=3).tolist() == [11, 10, 0]  # code 2 is dead
+def _cluster_codes(theta: torch.Tensor, book: np.ndarray) -> list[set[int]]:
+    codes, _ = assign_chunked(theta, slice(0, 1), book)
+    return [set(codes[i: i + 10].tolist()) for i in (0, 10, 20)]
 
+
+def test_collapsed_codebook_is_split_back_into_the_clusters():
+    """Everyone on code 0, the other codes far away: the guard splits code 0's crowd."""
+    theta = _clusters()
+    book = np.array([[3.0, 3.0], [90.0, 90.0], [-90.0, 90.0]], dtype=np.float32)
+    assert _cluster_codes(theta, book) == [{0}, {0}, {0}]  # collapsed
     new, reseeded = reseed_dead_codes(theta, slice(0, 1), book)
-    assert reseeded == [2]
-    np.testing.assert_array_equal(new[2], theta[20, 0].numpy())  # the straggler
-    np.testing.assert_array_equal(new[:2], book[:2])
-    after, _ = assign_chunked(theta, slice(0, 1), new)
-    assert np.bincount(after, minlength=3).tolist() == [10, 10, 1]
+    assert sorted(reseeded) == [1, 2]
+    per_cluster = _cluster_codes(theta, new)
+    assert all(len(c) == 1 for c in per_cluster)  # each cluster on one code ...
+    assert set().union(*per_cluster) == {0, 1, 2}  # ... and each on its own
     again, same = reseed_dead_codes(theta, slice(0, 1), book)
     assert same == reseeded and np.array_equal(again, new)  # deterministic
 
 
 def test_rarely_used_code_counts_as_dead_with_a_share():
+    """Code 0 serves two clusters, code 2 one straggler: alive at share 0, dead at 0.1."""
     theta = _clusters()
-    book = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 4.0]], dtype=np.float32)
-    assert reseed_dead_codes(theta, slice(0, 1), book)[1] == []  # code 2 has its 1 user
-    new, reseeded = reseed_dead_codes(theta, slice(0, 1), book, min_share=0.1)  # needs 3
-    # Code 2 moves onto the worst-served user outside it, in cluster a or b, and keeps
-    # at least one user; it is still below 3 users, so later rounds re-seed it again.
-    assert reseeded and set(reseeded) == {2}
+    theta[29, 0] = torch.tensor([-20.0, -20.0])
+    book = np.array([[5.0, 0.0], [0.0, 10.0], [-20.0, -20.0]], dtype=np.float32)
+    assert reseed_dead_codes(theta, slice(0, 1), book)[1] == []
+    new, reseeded = reseed_dead_codes(theta, slice(0, 1), book, min_share=0.1)  # needs 3 users
+    assert reseeded == [2]
+    np.testing.assert_array_equal(new[1], book[1])  # the code that was fine is untouched
     counts = np.bincount(assign_chunked(theta, slice(0, 1), new)[0], minlength=3)
-    assert (counts > 0).all()
+    assert (counts >= 3).all()
 
 
-def test_all_users_on_one_code_get_every_code_back():
+def test_a_healthy_codebook_is_left_alone():
     theta = _clusters()
-    book = np.array([[5.0, 1.0], [90.0, 90.0], [-90.0, 90.0], [90.0, -90.0]], dtype=np.float32)
-    assert set(assign_chunked(theta, slice(0, 1), book)[0].tolist()) == {0}  # collapsed
-    new, reseeded = reseed_dead_codes(theta, slice(0, 1), book)
-    assert {1, 2, 3} <= set(reseeded)  # code 0 too, if the re-seeds took all its users
-    assert set(assign_chunked(theta, slice(0, 1), new)[0].tolist()) == {0, 1, 2, 3}
+    book = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], dtype=np.float32)
+    new, reseeded = reseed_dead_codes(theta, slice(0, 1), book, min_share=0.2)
+    assert reseeded == [] and np.array_equal(new, book)
 
 
 # ---- descriptions ------------------------------------------------------------------------

@@ -85,9 +85,9 @@ class ProfileConfig(Section):
     explain_min_support: int = Field(
         5, ge=1, description="explanation: fewest train interactions behind a reported lift")
     dead_code_share: float = Field(
-        0.0, ge=0.0, lt=1.0,
-        description="re-seed a code used by fewer users than this share (and always one "
-                    "used by none) at each joint epoch end")
+        0.01, ge=0.0, lt=1.0,
+        description="at each joint epoch end, a code used by fewer users than this share "
+                    "(and always one used by none) is re-seeded by splitting the most used code")
     valid_max_users: int | None = Field(
         None, ge=1, description="validation LM loss on a fixed seeded subset of this many users")
 
