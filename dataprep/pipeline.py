@@ -12,10 +12,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from dataprep.behaviour import behaviour_text
-from dataprep.filtering import drop_duplicates, k_core
+from dataprep.filtering import k_core, latest_per_pair
 from dataprep.readers import get_reader
 from dataprep.readers.base import RawData, RejectLog
 from dataprep.split import assign_split
@@ -67,51 +68,59 @@ def _check_reject_ratio(rejects: RejectLog, max_ratio: float) -> None:
 
 
 def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path) -> dict[str, Any]:
-    rows = raw.interactions.with_row_index("_row")
-    n_raw = raw.interactions.select(pl.len()).collect().item()
-    # Filtering works on narrow rows; review text joins back by row number at the end.
-    deduped = drop_duplicates(rows.select("_row", "user_id", "item_id", "rating", "ts"))
-    # Integer codes make the k-core passes cheap; the strings come back through joins.
-    keyed = deduped.with_columns(
-        pl.col("user_id").cast(pl.Categorical).to_physical().alias("u"),
-        pl.col("item_id").cast(pl.Categorical).to_physical().alias("i"),
+    # Filtering runs on the integer codes of categorical ids, with categories private to
+    # this run so the codes are dense (numpy counts and indexes by them); strings come
+    # back for the kept rows only, and review text is fetched by row number once the
+    # final order is known.
+    keys = raw.interactions.select(
+        pl.col("user_id").cast(pl.Categorical(pl.Categories.random())),
+        pl.col("item_id").cast(pl.Categorical(pl.Categories.random())),
+        "rating", "ts",
     ).collect(engine="streaming")
+    user, item = (keys[c].to_physical().to_numpy() for c in ("user_id", "item_id"))
+    ts = keys["ts"].to_numpy()
+    unique_rows = latest_per_pair(user, item, ts)
     raw_counts = {
-        "raw_interactions": n_raw,
-        "duplicates_dropped": n_raw - keyed.height,
-        "raw_users": keyed["u"].n_unique(),
-        "raw_items": keyed["i"].n_unique(),
+        "raw_interactions": keys.height,
+        "duplicates_dropped": keys.height - len(unique_rows),
+        "raw_users": int(np.count_nonzero(np.bincount(user))),
+        "raw_items": int(np.count_nonzero(np.bincount(item))),
     }
-    kept = k_core(keyed.select("u", "i"), cfg.min_core)
-    inter = keyed.join(kept, on=["u", "i"], how="semi").drop("u", "i")
+    rows = unique_rows[k_core(user[unique_rows], item[unique_rows], cfg.min_core)]
+    users_idx, user_idx = _index(keys["user_id"].gather(rows), "user_id", "user_idx")
     if cfg.max_users is not None:
-        first = inter["user_id"].unique().sort().head(cfg.max_users)
-        inter = inter.filter(pl.col("user_id").is_in(first.implode()))
-    if inter.height == 0:
+        users_idx = users_idx.head(cfg.max_users)
+        first = user_idx < cfg.max_users
+        rows, user_idx = rows[first], user_idx[first]
+    if len(rows) == 0:
         raise InputError(
             f"no interactions left after the {cfg.min_core}-core filter "
             f"({raw_counts['raw_interactions']} before); lower --min-core"
         )
-
-    users_idx = _index(inter, "user_id", "user_idx")
-    items_idx = _index(inter, "item_id", "item_idx")
-    inter = (
-        inter.join(users_idx, on="user_id").join(items_idx, on="item_id")
-        .with_columns((pl.col("rating") >= cfg.label_threshold).cast(pl.Int8).alias("label"))
-    )
-    inter = assign_split(inter, cfg.split, cfg.split_ratios, cfg.seed)
-    reviews = rows.select("_row", "review").join(
-        inter.lazy().select("_row"), on="_row", how="semi").collect(engine="streaming")
-    inter = inter.join(reviews, on="_row", how="left").select(
-        "user_id", "item_id", "user_idx", "item_idx", "rating", "ts", "label", "split", "review"
-    ).sort("user_idx", "ts", "item_idx")
+    items_idx, item_idx = _index(keys["item_id"].gather(rows), "item_id", "item_idx")
+    # The published order: by user, then time, then item.
+    order = np.lexsort((item_idx, ts[rows], user_idx))
+    rows, user_idx, item_idx = rows[order], user_idx[order], item_idx[order]
+    picked = pl.Series(rows)
+    inter = pl.DataFrame({
+        "user_id": users_idx["user_id"].gather(user_idx),
+        "item_id": items_idx["item_id"].gather(item_idx),
+        "user_idx": user_idx,
+        "item_idx": item_idx,
+        "rating": keys["rating"].gather(picked),
+        "ts": keys["ts"].gather(picked),
+    }).with_columns((pl.col("rating") >= cfg.label_threshold).cast(pl.Int8).alias("label"))
+    inter = assign_split(inter, cfg.split, cfg.split_ratios, cfg.seed).with_columns(
+        raw.interactions.select(pl.col("review").gather(picked)).collect().to_series())
 
     meta = raw.items.unique("item_id", keep="first").collect(engine="streaming")
     items = items_idx.join(meta, on="item_id", how="left").sort("item_idx")
-    users = users_idx.join(
-        raw.users.unique("user_id", keep="first").collect(engine="streaming"),
-        on="user_id", how="left",
-    ).sort("user_idx")
+    users = users_idx
+    if raw.users.collect_schema().names() != ["user_id"]:  # the source has user attributes
+        users = users_idx.join(
+            raw.users.unique("user_id", keep="first").collect(engine="streaming"),
+            on="user_id", how="left",
+        ).sort("user_idx")
     train_text = behaviour_text(inter, items, "train", cfg.behaviour_max_chars)
     valid_text = behaviour_text(inter, items, "valid", cfg.behaviour_max_chars)
 
@@ -126,10 +135,16 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path) -> d
     return stats
 
 
-def _index(frame: pl.DataFrame, key: str, name: str) -> pl.DataFrame:
-    """Contiguous int32 index in sorted-id order, so it is the same for the same data."""
-    ids = frame.select(pl.col(key).unique().sort())
-    return ids.with_row_index(name).with_columns(pl.col(name).cast(pl.Int32)).select(key, name)
+def _index(ids: pl.Series, key: str, name: str) -> tuple[pl.DataFrame, np.ndarray]:
+    """Contiguous int32 index over categorical ``ids``, in sorted-id order so it is the
+    same for the same data: the ``(key, name)`` table and the index of each of ``ids``."""
+    present = ids.unique()
+    table = pl.DataFrame({key: present.cast(pl.String), "_code": present.to_physical()})
+    table = table.sort(key).with_row_index(name)
+    codes = ids.to_physical().to_numpy()
+    lookup = np.empty(int(codes.max()) + 1 if len(codes) else 0, np.int32)
+    lookup[table["_code"].to_numpy()] = table[name].to_numpy()
+    return table.select(key, pl.col(name).cast(pl.Int32)), lookup[codes]
 
 
 def _stats(cfg: PrepareConfig, inter: pl.DataFrame, items: pl.DataFrame,
