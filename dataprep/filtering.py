@@ -1,27 +1,31 @@
 """Duplicate removal and the iterative k-core filter, on integer id codes.
 
 Both take dense non-negative codes (``0..n-1`` per id kind, below ``2**32``) and return
-row positions, so they run as a few numpy sorts and counts: no string is hashed, and no
-review text moves until the rows to keep are known.
+row positions, so they run as integer hashing, sorting and counting: no string is hashed,
+and no review text moves until the rows to keep are known.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 
 
 def latest_per_pair(user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """Positions (ascending) of the latest interaction per (user, item); ties between
     equal times go to the last row read."""
-    if len(user) == 0:
-        return np.zeros(0, np.int64)
-    # Stable sorts: by time, then by pair, leaves each pair's rows in (time, row) order.
-    by_time = np.argsort(ts, kind="stable")
     pair = (user.astype(np.uint64) << np.uint64(32)) | item.astype(np.uint64)
-    order = by_time[np.argsort(pair[by_time], kind="stable")]
-    grouped = pair[order]
-    last = np.append(grouped[1:] != grouped[:-1], True)
-    return np.sort(order[last])
+    # Repeated pairs are rare: a hash pass finds them, and only their rows get sorted.
+    repeated = np.flatnonzero(pl.Series(pair).is_duplicated().to_numpy())
+    keep = np.ones(len(pair), bool)
+    if len(repeated):
+        keep[repeated] = False
+        # lexsort is stable: a pair's rows come out in (time, row) order, the latest last.
+        order = np.lexsort((ts[repeated], pair[repeated]))
+        grouped = pair[repeated][order]
+        last = np.append(grouped[1:] != grouped[:-1], True)
+        keep[repeated[order[last]]] = True
+    return np.flatnonzero(keep)
 
 
 def k_core(user: np.ndarray, item: np.ndarray, k: int) -> np.ndarray:
