@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,7 @@ def prepare(cfg: PrepareConfig, out_dir: Path) -> dict[str, Any]:
             rejects = RejectLog(sink)
             raw = reader(cfg, parts, rejects)
             _check_reject_ratio(rejects, cfg.max_reject_ratio)
-            stats = _build(cfg, raw, rejects, result)
+            stats = _build(cfg, raw, rejects, result, parts)
         publish_dir(result, out_dir)
     log.info("prepared %s: %s", cfg.source, {k: stats[k] for k in ("users", "items", "interactions")})
     return stats
@@ -67,7 +69,10 @@ def _check_reject_ratio(rejects: RejectLog, max_ratio: float) -> None:
             )
 
 
-def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path) -> dict[str, Any]:
+def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
+           parts: Path) -> dict[str, Any]:
+    """Filter, index, split and write the data set; ``parts`` (the reader's files behind
+    ``raw``) is deleted once read."""
     # Filtering runs on the integer codes of categorical ids, with categories private to
     # this run so the codes are dense (numpy counts and indexes by them); strings come
     # back for the kept rows only, and review text is fetched by row number once the
@@ -121,18 +126,26 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path) -> d
             raw.users.unique("user_id", keep="first").collect(engine="streaming"),
             on="user_id", how="left",
         ).sort("user_idx")
-    train_text = behaviour_text(inter, items, "train", cfg.behaviour_max_chars)
-    valid_text = behaviour_text(inter, items, "valid", cfg.behaviour_max_chars)
-
-    for name, frame in (
-        ("interactions", inter), ("items", items), ("users", users),
-        ("behaviour", train_text), ("behaviour_valid", valid_text),
-    ):
-        frame.write_parquet(out / f"{name}.parquet", compression="zstd")
+    with ThreadPoolExecutor(2) as pool:
+        # Everything raw is read. Encoding the big file (one core) and deleting the parts
+        # (kernel time) run beside the behaviour texts and the small files.
+        background = [pool.submit(_write, inter, out / "interactions.parquet"),
+                      pool.submit(shutil.rmtree, parts)]
+        train_text = behaviour_text(inter, items, "train", cfg.behaviour_max_chars)
+        valid_text = behaviour_text(inter, items, "valid", cfg.behaviour_max_chars)
+        for name, frame in (("items", items), ("users", users), ("behaviour", train_text),
+                            ("behaviour_valid", valid_text)):
+            _write(frame, out / f"{name}.parquet")
+        for task in background:
+            task.result()
 
     stats = _stats(cfg, inter, items, train_text, raw_counts, rejects)
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
+
+
+def _write(frame: pl.DataFrame, path: Path) -> None:
+    frame.write_parquet(path, compression="zstd")
 
 
 def _index(ids: pl.Series, key: str, name: str) -> tuple[pl.DataFrame, np.ndarray]:
