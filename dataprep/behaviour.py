@@ -25,11 +25,10 @@ def behaviour_text(
               maintain_order="left")
         .filter(pl.col("title").is_not_null() & (pl.col("title").str.len_chars() > 0))
     )
-    width = pl.col("title").str.len_chars() + len(SEPARATOR)
     # Characters from each title up to the user's latest one (rows are in time order).
-    budget = width.sum().over("user_idx") - width.cum_sum().over("user_idx") + width
+    budget = (pl.col("title").str.len_chars() + len(SEPARATOR)).cum_sum(reverse=True)
     return (
-        titled.filter(budget <= max_chars + len(SEPARATOR))
+        titled.filter(budget.over("user_idx") <= max_chars + len(SEPARATOR))
         .group_by("user_idx", maintain_order=True)
         .agg(pl.first("user_id"), pl.col("title").str.join(SEPARATOR).alias("text"))
         .select("user_id", pl.col("user_idx").cast(pl.Int32), "text")
