@@ -73,61 +73,63 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
            parts: Path) -> dict[str, Any]:
     """Filter, index, split and write the data set; ``parts`` (the reader's files behind
     ``raw``) is deleted once read."""
-    # Filtering runs on the integer codes of categorical ids, with categories private to
-    # this run so the codes are dense (numpy counts and indexes by them); strings come
-    # back for the kept rows only, and review text is fetched by row number once the
-    # final order is known.
-    keys = raw.interactions.select(
-        pl.col("user_id").cast(pl.Categorical(pl.Categories.random())),
-        pl.col("item_id").cast(pl.Categorical(pl.Categories.random())),
-        "rating", "ts",
-    ).collect(engine="streaming")
-    user, item = (keys[c].to_physical().to_numpy() for c in ("user_id", "item_id"))
-    ts = keys["ts"].to_numpy()
-    unique_rows = latest_per_pair(user, item, ts)
-    raw_counts = {
-        "raw_interactions": keys.height,
-        "duplicates_dropped": keys.height - len(unique_rows),
-        "raw_users": int(np.count_nonzero(np.bincount(user))),
-        "raw_items": int(np.count_nonzero(np.bincount(item))),
-    }
-    rows = unique_rows[k_core(user[unique_rows], item[unique_rows], cfg.min_core)]
-    users_idx, user_idx = _index(keys["user_id"].gather(rows), "user_id", "user_idx")
-    if cfg.max_users is not None:
-        users_idx = users_idx.head(cfg.max_users)
-        first = user_idx < cfg.max_users
-        rows, user_idx = rows[first], user_idx[first]
-    if len(rows) == 0:
-        raise InputError(
-            f"no interactions left after the {cfg.min_core}-core filter "
-            f"({raw_counts['raw_interactions']} before); lower --min-core"
-        )
-    items_idx, item_idx = _index(keys["item_id"].gather(rows), "item_id", "item_idx")
-    # The published order: by user, then time, then item (polars: 2x faster than lexsort).
-    by = pl.DataFrame({"user_idx": user_idx, "ts": ts[rows], "item_idx": item_idx})
-    order = by.select(pl.arg_sort_by("user_idx", "ts", "item_idx")).to_series().to_numpy()
-    rows, user_idx, item_idx = rows[order], user_idx[order], item_idx[order]
-    picked = pl.Series(rows)
-    inter = pl.DataFrame({
-        "user_id": users_idx["user_id"].gather(user_idx),
-        "item_id": items_idx["item_id"].gather(item_idx),
-        "user_idx": user_idx,
-        "item_idx": item_idx,
-        "rating": keys["rating"].gather(picked),
-        "ts": keys["ts"].gather(picked),
-    }).with_columns((pl.col("rating") >= cfg.label_threshold).cast(pl.Int8).alias("label"))
-    inter = assign_split(inter, cfg.split, cfg.split_ratios, cfg.seed).with_columns(
-        raw.interactions.select(pl.col("review").gather(picked)).collect().to_series())
-
-    meta = raw.items.unique("item_id", keep="first").collect(engine="streaming")
-    items = items_idx.join(meta, on="item_id", how="left").sort("item_idx")
-    users = users_idx
-    if raw.users.collect_schema().names() != ["user_id"]:  # the source has user attributes
-        users = users_idx.join(
-            raw.users.unique("user_id", keep="first").collect(engine="streaming"),
-            on="user_id", how="left",
-        ).sort("user_idx")
     with ThreadPoolExecutor(2) as pool:
+        # Filtering runs on the integer codes of categorical ids, with categories private to
+        # this run so the codes are dense (numpy counts and indexes by them); strings come
+        # back for the kept rows only, and review text is fetched by row number.
+        keys = raw.interactions.select(
+            pl.col("user_id").cast(pl.Categorical(pl.Categories.random())),
+            pl.col("item_id").cast(pl.Categorical(pl.Categories.random())),
+            "rating", "ts",
+        ).collect(engine="streaming")
+        user, item = (keys[c].to_physical().to_numpy() for c in ("user_id", "item_id"))
+        ts = keys["ts"].to_numpy()
+        unique_rows = latest_per_pair(user, item, ts)
+        raw_counts = {
+            "raw_interactions": keys.height,
+            "duplicates_dropped": keys.height - len(unique_rows),
+            "raw_users": int(np.count_nonzero(np.bincount(user))),
+            "raw_items": int(np.count_nonzero(np.bincount(item))),
+        }
+        rows = unique_rows[k_core(user[unique_rows], item[unique_rows], cfg.min_core)]
+        # The kept rows' review text, fetched in file order (the cheap way) while their
+        # indices and published order are worked out, then put in that order.
+        fetched, kept = pool.submit(_gather, raw.interactions, "review", rows), rows
+        users_idx, user_idx = _index(keys["user_id"].gather(rows), "user_id", "user_idx")
+        if cfg.max_users is not None:
+            users_idx = users_idx.head(cfg.max_users)
+            first = user_idx < cfg.max_users
+            rows, user_idx = rows[first], user_idx[first]
+        if len(rows) == 0:
+            raise InputError(
+                f"no interactions left after the {cfg.min_core}-core filter "
+                f"({raw_counts['raw_interactions']} before); lower --min-core"
+            )
+        items_idx, item_idx = _index(keys["item_id"].gather(rows), "item_id", "item_idx")
+        # The published order: by user, then time, then item (polars: 2x faster than lexsort).
+        by = pl.DataFrame({"user_idx": user_idx, "ts": ts[rows], "item_idx": item_idx})
+        order = by.select(pl.arg_sort_by("user_idx", "ts", "item_idx")).to_series().to_numpy()
+        rows, user_idx, item_idx = rows[order], user_idx[order], item_idx[order]
+        picked = pl.Series(rows)
+        inter = pl.DataFrame({
+            "user_id": users_idx["user_id"].gather(user_idx),
+            "item_id": items_idx["item_id"].gather(item_idx),
+            "user_idx": user_idx,
+            "item_idx": item_idx,
+            "rating": keys["rating"].gather(picked),
+            "ts": keys["ts"].gather(picked),
+        }).with_columns((pl.col("rating") >= cfg.label_threshold).cast(pl.Int8).alias("label"))
+        reviews = fetched.result().rechunk().gather(np.searchsorted(kept, rows))
+        inter = assign_split(inter, cfg.split, cfg.split_ratios, cfg.seed).with_columns(reviews)
+
+        meta = raw.items.unique("item_id", keep="first").collect(engine="streaming")
+        items = items_idx.join(meta, on="item_id", how="left").sort("item_idx")
+        users = users_idx
+        if raw.users.collect_schema().names() != ["user_id"]:  # the source has user attributes
+            users = users_idx.join(
+                raw.users.unique("user_id", keep="first").collect(engine="streaming"),
+                on="user_id", how="left",
+            ).sort("user_idx")
         # Everything raw is read. Encoding the big file (one core) and deleting the parts
         # (kernel time) run beside the behaviour texts and the small files.
         background = [pool.submit(_write, inter, out / "interactions.parquet"),
@@ -143,6 +145,12 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
     stats = _stats(cfg, inter, items, train_text, raw_counts, rejects)
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
+
+
+def _gather(frame: pl.LazyFrame, column: str, rows: np.ndarray) -> pl.Series:
+    """``column`` at row numbers ``rows``, ascending: reading in file order costs 1.15 CPU-s
+    for 1.77M reviews, against 1.55 in a scattered order."""
+    return frame.select(pl.col(column).gather(pl.Series(rows))).collect().to_series()
 
 
 def _write(frame: pl.DataFrame, path: Path) -> None:
