@@ -168,6 +168,7 @@ class _Chunk:
 
 
 def _process(lines: _LineIndex, fmt: RecordFormat, path: Path, part: Path) -> _Chunk:
+    """One chunk start to finish on a worker; nothing here touches the shared reject log."""
     raw, bad = _parse_chunk(lines, fmt)
     wrong_file = _missing_columns(raw, fmt, path) if raw.height else None
     good, invalid = _validate(raw, fmt, lines)
