@@ -1,29 +1,39 @@
-"""Duplicate removal and the iterative k-core filter."""
+"""Duplicate removal and the iterative k-core filter, on integer id codes.
+
+Both take dense non-negative codes (``0..n-1`` per id kind, below ``2**32``) and return
+row positions, so they run as integer hashing, sorting and counting: no string is hashed,
+and no review text moves until the rows to keep are known.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 
-def drop_duplicates(interactions: pl.LazyFrame) -> pl.LazyFrame:
-    """Keep only the latest interaction per (user, item); ties go to the last row read.
+def latest_per_pair(user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Positions (ascending) of the latest interaction per (user, item); ties between
+    equal times go to the last row read."""
+    pair = (user.astype(np.uint64) << np.uint64(32)) | item.astype(np.uint64)
+    # Repeated pairs are rare: a hash pass finds them, and only their rows get sorted.
+    repeated = np.flatnonzero(pl.Series(pair).is_duplicated().to_numpy())
+    keep = np.ones(len(pair), bool)
+    if len(repeated):
+        keep[repeated] = False
+        # lexsort is stable: a pair's rows come out in (time, row) order, the latest last.
+        order = np.lexsort((ts[repeated], pair[repeated]))
+        grouped = pair[repeated][order]
+        last = np.append(grouped[1:] != grouped[:-1], True)
+        keep[repeated[order[last]]] = True
+    return np.flatnonzero(keep)
 
-    Expects a ``_row`` column (read order). Pass only the narrow key columns: sorting
-    gigabytes of review text along with them is most of the cost otherwise.
-    """
-    return interactions.sort("ts", "_row").unique(["user_id", "item_id"], keep="last")
 
-
-def k_core(pairs: pl.DataFrame, k: int) -> pl.DataFrame:
-    """Repeatedly drop users and items with fewer than ``k`` interactions until none remain.
-
-    ``pairs`` holds integer ``u`` and ``i`` columns only, so each pass is cheap even for
-    tens of millions of rows.
-    """
+def k_core(user: np.ndarray, item: np.ndarray, k: int) -> np.ndarray:
+    """Positions (ascending) of the rows left once users and items with fewer than ``k``
+    interactions have been dropped repeatedly until none remain."""
+    rows = np.arange(len(user))
     while True:
-        kept = pairs.filter(
-            (pl.len().over("u") >= k) & (pl.len().over("i") >= k)
-        )
-        if kept.height == pairs.height:
-            return kept
-        pairs = kept
+        kept = (np.bincount(user)[user] >= k) & (np.bincount(item)[item] >= k)
+        if kept.all():
+            return rows
+        rows, user, item = rows[kept], user[kept], item[kept]

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from dataprep.behaviour import behaviour_text
-from dataprep.filtering import drop_duplicates, k_core
+from dataprep.filtering import k_core, latest_per_pair
 from dataprep.readers import get_reader
 from dataprep.readers.base import RawData, RejectLog
 from dataprep.split import assign_split
@@ -48,7 +51,7 @@ def prepare(cfg: PrepareConfig, out_dir: Path) -> dict[str, Any]:
             rejects = RejectLog(sink)
             raw = reader(cfg, parts, rejects)
             _check_reject_ratio(rejects, cfg.max_reject_ratio)
-            stats = _build(cfg, raw, rejects, result)
+            stats = _build(cfg, raw, rejects, result, parts)
         publish_dir(result, out_dir)
     log.info("prepared %s: %s", cfg.source, {k: stats[k] for k in ("users", "items", "interactions")})
     return stats
@@ -66,70 +69,106 @@ def _check_reject_ratio(rejects: RejectLog, max_ratio: float) -> None:
             )
 
 
-def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path) -> dict[str, Any]:
-    rows = raw.interactions.with_row_index("_row")
-    n_raw = raw.interactions.select(pl.len()).collect().item()
-    # Filtering works on narrow rows; review text joins back by row number at the end.
-    deduped = drop_duplicates(rows.select("_row", "user_id", "item_id", "rating", "ts"))
-    # Integer codes make the k-core passes cheap; the strings come back through joins.
-    keyed = deduped.with_columns(
-        pl.col("user_id").cast(pl.Categorical).to_physical().alias("u"),
-        pl.col("item_id").cast(pl.Categorical).to_physical().alias("i"),
-    ).collect(engine="streaming")
-    raw_counts = {
-        "raw_interactions": n_raw,
-        "duplicates_dropped": n_raw - keyed.height,
-        "raw_users": keyed["u"].n_unique(),
-        "raw_items": keyed["i"].n_unique(),
-    }
-    kept = k_core(keyed.select("u", "i"), cfg.min_core)
-    inter = keyed.join(kept, on=["u", "i"], how="semi").drop("u", "i")
-    if cfg.max_users is not None:
-        first = inter["user_id"].unique().sort().head(cfg.max_users)
-        inter = inter.filter(pl.col("user_id").is_in(first.implode()))
-    if inter.height == 0:
-        raise InputError(
-            f"no interactions left after the {cfg.min_core}-core filter "
-            f"({raw_counts['raw_interactions']} before); lower --min-core"
-        )
+def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
+           parts: Path) -> dict[str, Any]:
+    """Filter, index, split and write the data set; ``parts`` (the reader's files behind
+    ``raw``) is deleted once read."""
+    with ThreadPoolExecutor(2) as pool:
+        # Filtering runs on the integer codes of categorical ids, with categories private to
+        # this run so the codes are dense (numpy counts and indexes by them); strings come
+        # back for the kept rows only, and review text is fetched by row number.
+        keys = raw.interactions.select(
+            pl.col("user_id").cast(pl.Categorical(pl.Categories.random())),
+            pl.col("item_id").cast(pl.Categorical(pl.Categories.random())),
+            "rating", "ts",
+        ).collect(engine="streaming")
+        user, item = (keys[c].to_physical().to_numpy() for c in ("user_id", "item_id"))
+        ts = keys["ts"].to_numpy()
+        unique_rows = latest_per_pair(user, item, ts)
+        raw_counts = {
+            "raw_interactions": keys.height,
+            "duplicates_dropped": keys.height - len(unique_rows),
+            "raw_users": int(np.count_nonzero(np.bincount(user))),
+            "raw_items": int(np.count_nonzero(np.bincount(item))),
+        }
+        rows = unique_rows[k_core(user[unique_rows], item[unique_rows], cfg.min_core)]
+        # The kept rows' review text, fetched in file order (the cheap way) while their
+        # indices and published order are worked out, then put in that order.
+        fetched, kept = pool.submit(_gather, raw.interactions, "review", rows), rows
+        users_idx, user_idx = _index(keys["user_id"].gather(rows), "user_id", "user_idx")
+        if cfg.max_users is not None:
+            users_idx = users_idx.head(cfg.max_users)
+            first = user_idx < cfg.max_users
+            rows, user_idx = rows[first], user_idx[first]
+        if len(rows) == 0:
+            raise InputError(
+                f"no interactions left after the {cfg.min_core}-core filter "
+                f"({raw_counts['raw_interactions']} before); lower --min-core"
+            )
+        items_idx, item_idx = _index(keys["item_id"].gather(rows), "item_id", "item_idx")
+        # The published order: by user, then time, then item (polars: 2x faster than lexsort).
+        by = pl.DataFrame({"user_idx": user_idx, "ts": ts[rows], "item_idx": item_idx})
+        order = by.select(pl.arg_sort_by("user_idx", "ts", "item_idx")).to_series().to_numpy()
+        rows, user_idx, item_idx = rows[order], user_idx[order], item_idx[order]
+        picked = pl.Series(rows)
+        inter = pl.DataFrame({
+            "user_id": users_idx["user_id"].gather(user_idx),
+            "item_id": items_idx["item_id"].gather(item_idx),
+            "user_idx": user_idx,
+            "item_idx": item_idx,
+            "rating": keys["rating"].gather(picked),
+            "ts": keys["ts"].gather(picked),
+        }).with_columns((pl.col("rating") >= cfg.label_threshold).cast(pl.Int8).alias("label"))
+        reviews = fetched.result().rechunk().gather(np.searchsorted(kept, rows))
+        inter = assign_split(inter, cfg.split, cfg.split_ratios, cfg.seed).with_columns(reviews)
 
-    users_idx = _index(inter, "user_id", "user_idx")
-    items_idx = _index(inter, "item_id", "item_idx")
-    inter = (
-        inter.join(users_idx, on="user_id").join(items_idx, on="item_id")
-        .with_columns((pl.col("rating") >= cfg.label_threshold).cast(pl.Int8).alias("label"))
-    )
-    inter = assign_split(inter, cfg.split, cfg.split_ratios, cfg.seed)
-    reviews = rows.select("_row", "review").join(
-        inter.lazy().select("_row"), on="_row", how="semi").collect(engine="streaming")
-    inter = inter.join(reviews, on="_row", how="left").select(
-        "user_id", "item_id", "user_idx", "item_idx", "rating", "ts", "label", "split", "review"
-    ).sort("user_idx", "ts", "item_idx")
-
-    meta = raw.items.unique("item_id", keep="first").collect(engine="streaming")
-    items = items_idx.join(meta, on="item_id", how="left").sort("item_idx")
-    users = users_idx.join(
-        raw.users.unique("user_id", keep="first").collect(engine="streaming"),
-        on="user_id", how="left",
-    ).sort("user_idx")
-    train_text = behaviour_text(inter, items, "train", cfg.behaviour_max_chars)
-    valid_text = behaviour_text(inter, items, "valid", cfg.behaviour_max_chars)
-
-    for name, frame in (
-        ("interactions", inter), ("items", items), ("users", users),
-        ("behaviour", train_text), ("behaviour_valid", valid_text),
-    ):
-        frame.write_parquet(out / f"{name}.parquet", compression="zstd")
+        meta = raw.items.unique("item_id", keep="first").collect(engine="streaming")
+        items = items_idx.join(meta, on="item_id", how="left").sort("item_idx")
+        users = users_idx
+        if raw.users.collect_schema().names() != ["user_id"]:  # the source has user attributes
+            users = users_idx.join(
+                raw.users.unique("user_id", keep="first").collect(engine="streaming"),
+                on="user_id", how="left",
+            ).sort("user_idx")
+        # Everything raw is read. Encoding the big file (one core) and deleting the parts
+        # (kernel time) run beside the behaviour texts and the small files.
+        background = [pool.submit(_write, inter, out / "interactions.parquet"),
+                      pool.submit(shutil.rmtree, parts)]
+        train_text = behaviour_text(inter, items, "train", cfg.behaviour_max_chars)
+        valid_text = behaviour_text(inter, items, "valid", cfg.behaviour_max_chars)
+        for name, frame in (("items", items), ("users", users), ("behaviour", train_text),
+                            ("behaviour_valid", valid_text)):
+            _write(frame, out / f"{name}.parquet")
+        for task in background:
+            task.result()
 
     stats = _stats(cfg, inter, items, train_text, raw_counts, rejects)
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
 
 
-def _index(frame: pl.DataFrame, key: str, name: str) -> pl.DataFrame:
-    """Contiguous int32 index in sorted-id order, so it is the same for the same data."""
-    ids = frame.select(pl.col(key).unique().sort())
-    return ids.with_row_index(name).with_columns(pl.col(name).cast(pl.Int32)).select(key, name)
+def _gather(frame: pl.LazyFrame, column: str, rows: np.ndarray) -> pl.Series:
+    """``column`` at row numbers ``rows``, ascending: reading in file order costs 1.15 CPU-s
+    for 1.77M reviews, against 1.55 in a scattered order."""
+    return frame.select(pl.col(column).gather(pl.Series(rows))).collect().to_series()
+
+
+def _write(frame: pl.DataFrame, path: Path) -> None:
+    """zstd level 1: 19% less CPU than the default level 3 for the 2M-review benchmark's
+    interactions file (2.9 vs 3.6 s, on the critical path), for a 3.5% larger file."""
+    frame.write_parquet(path, compression="zstd", compression_level=1)
+
+
+def _index(ids: pl.Series, key: str, name: str) -> tuple[pl.DataFrame, np.ndarray]:
+    """Contiguous int32 index over categorical ``ids``, in sorted-id order so it is the
+    same for the same data: the ``(key, name)`` table and the index of each of ``ids``."""
+    present = ids.unique()
+    table = pl.DataFrame({key: present.cast(pl.String), "_code": present.to_physical()})
+    table = table.sort(key).with_row_index(name)
+    codes = ids.to_physical().to_numpy()
+    lookup = np.empty(int(codes.max()) + 1 if len(codes) else 0, np.int32)
+    lookup[table["_code"].to_numpy()] = table[name].to_numpy()
+    return table.select(key, pl.col(name).cast(pl.Int32)), lookup[codes]
 
 
 def _stats(cfg: PrepareConfig, inter: pl.DataFrame, items: pl.DataFrame,

@@ -8,7 +8,9 @@ in any field, so a wrong type cannot break the fast path. Only when a chunk fail
 Types and required fields are then validated with vectorised expressions, and each chunk's
 good rows go to an Arrow IPC part in ``staging``: memory stays bounded whatever the dump
 size. (IPC rather than Parquet: the parts live for one run, and IPC writes at memory speed,
-3.8 -> 1.2 CPU-s for 2M Amazon reviews, and is memory-mapped when scanned.)
+3.8 -> 1.2 CPU-s for 2M Amazon reviews, and is memory-mapped when scanned.) Chunks go
+through those steps on worker threads, several at once; their results are taken in file
+order.
 
 Every line read is counted in the ``RejectLog``; every bad line is written to it with its
 file, 1-based line number and a reason naming the field. A truncated or corrupt gzip keeps
@@ -25,12 +27,13 @@ import mmap
 import os
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from dataprep.readers.base import RejectLog
@@ -39,6 +42,9 @@ from userip.errors import InputError
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 16 << 20
+# Cutting a chunk (copy, line count) takes this thread about a fifth of the time a worker
+# needs to parse, validate and write it: more workers than this would wait for chunks.
+MAX_WORKERS = 6
 MAX_LINE_BYTES = 64 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _LINE = "__line"
@@ -99,33 +105,77 @@ def read_records(path: Path | None, fmt: RecordFormat, staging: Path, rejects: R
 
     ``role`` names the input in messages ("reviews", "meta") and prefixes the part files;
     ``chunk_bytes`` defaults to ``CHUNK_BYTES``.
+
+    Chunks are parsed, validated and written by worker threads (polars parses one buffer
+    on one core and releases the GIL), while this thread cuts the next chunks and logs
+    each finished chunk's rejects in file order. At most ``2 * workers`` chunks are in
+    flight, so memory stays bounded.
     """
     path = _checked(path, role)
     chunk_bytes = chunk_bytes or CHUNK_BYTES
     started = time.perf_counter()
+    workers = min(len(os.sched_getaffinity(0)), MAX_WORKERS)
     parts: list[Path] = []
-    checked_columns = False
     rows = 0
-    for first_line, count, chunk in _line_chunks(path, rejects, chunk_bytes):
-        lines = _LineIndex(chunk, first_line, count)
-        rejects.read(path, lines.count)
-        raw, bad = _parse_chunk(lines, fmt)
-        if raw.height and not checked_columns:
-            _check_columns(raw, fmt, path)
+    checked_columns = False
+
+    def finish(done: _Chunk) -> None:
+        nonlocal checked_columns, rows
+        if done.parsed and not checked_columns:
+            if done.wrong_file is not None:
+                raise done.wrong_file
             checked_columns = True
-        good, invalid = _validate(raw, fmt, lines)
-        for number, reason, text in sorted(bad + invalid):
+        for number, reason, text in done.bad:
             rejects.reject(path, number, reason, raw=text)
-        if good.height:
-            part = staging / f"{role}-{len(parts):05d}.arrow"
-            good.write_ipc(part, compression="uncompressed")
-            parts.append(part)
-            rows += good.height
+        if done.part is not None:
+            parts.append(done.part)
+            rows += done.kept
+
+    with ThreadPoolExecutor(workers, thread_name_prefix=f"read-{role}") as pool:
+        pending: deque[Future[_Chunk]] = deque()
+        for item in _line_chunks(path, chunk_bytes):
+            if isinstance(item, _Unreadable):  # logged after the lines before it
+                while pending:
+                    finish(pending.popleft().result())
+                rejects.read(path)
+                rejects.reject(path, item.line, item.reason, raw=item.text)
+                continue
+            rejects.read(path, item.count)
+            part = staging / f"{role}-{item.first:012d}.arrow"
+            pending.append(pool.submit(_process, item, fmt, path, part))
+            if len(pending) >= 2 * workers:
+                finish(pending.popleft().result())
+        while pending:
+            finish(pending.popleft().result())
     log.info("%s: %d lines, %d rows kept, %d rejected, %.1fs", path, rejects.seen[str(path)],
              rows, rejects.rejected[str(path)], time.perf_counter() - started)
     if not parts:
         return pl.LazyFrame(schema=dict(fmt.schema))
     return pl.scan_ipc(parts)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """What a worker made of one chunk: ``parsed`` records (before validation), the error
+    to raise if this is the file's first chunk with records and they lack a required
+    field, its bad lines in line order, and the IPC part holding its ``kept`` good rows."""
+
+    parsed: int
+    wrong_file: InputError | None
+    bad: list[_Bad]
+    part: Path | None
+    kept: int
+
+
+def _process(lines: _LineIndex, fmt: RecordFormat, path: Path, part: Path) -> _Chunk:
+    """One chunk start to finish on a worker; nothing here touches the shared reject log."""
+    raw, bad = _parse_chunk(lines, fmt)
+    wrong_file = _missing_columns(raw, fmt, path) if raw.height else None
+    good, invalid = _validate(raw, fmt, lines)
+    if good.height:
+        good.write_ipc(part, compression="uncompressed")
+    return _Chunk(raw.height, wrong_file, sorted(bad + invalid),
+                  part if good.height else None, good.height)
 
 
 def _checked(path: Path | None, role: str) -> Path:
@@ -207,21 +257,29 @@ def _gunzip(fh: io.BufferedReader, size: int) -> Iterator[bytes | _Damage]:
             yield out
 
 
-def _line_chunks(path: Path, rejects: RejectLog,
-                 chunk_bytes: int) -> Iterator[tuple[int, int, bytes]]:
-    """``(first line number, line count, bytes of whole lines)``, about ``chunk_bytes`` each.
+@dataclass(frozen=True)
+class _Unreadable:
+    """A line that never reaches the parser: over-long, or cut short by gzip damage."""
 
-    A line longer than ``MAX_LINE_BYTES`` is rejected and skipped without being held in
-    memory; a damaged gzip's partial last line is rejected with the damage.
+    line: int
+    reason: str
+    text: str | None
+
+
+def _line_chunks(path: Path, chunk_bytes: int) -> Iterator[_LineIndex | _Unreadable]:
+    """Chunks of whole lines, about ``chunk_bytes`` each, in file order.
+
+    A line longer than ``MAX_LINE_BYTES`` comes out as ``_Unreadable`` and is skipped
+    without being held in memory; so does a damaged gzip's partial last line, with the
+    damage as the reason.
     """
     carry = b""  # the unfinished line at the end of the previous block; never holds b"\n"
     next_line = 1
     skipping = False  # inside an over-long line
     for block in _blocks(path, chunk_bytes):
         if isinstance(block, _Damage):
-            rejects.read(path)
-            rejects.reject(path, next_line, block.reason,
-                           raw=carry[:2000].decode("utf-8", "replace") or None)
+            yield _Unreadable(next_line, block.reason,
+                              carry[:2000].decode("utf-8", "replace") or None)
             return
         if skipping:
             end = block.find(b"\n")
@@ -233,21 +291,20 @@ def _line_chunks(path: Path, rejects: RejectLog,
         if not cut:
             carry += block
             if len(carry) > MAX_LINE_BYTES:
-                rejects.read(path)
-                rejects.reject(path, next_line, f"line longer than {MAX_LINE_BYTES:,} bytes",
-                               raw=carry[:2000].decode("utf-8", "replace"))
+                yield _Unreadable(next_line, f"line longer than {MAX_LINE_BYTES:,} bytes",
+                                  carry[:2000].decode("utf-8", "replace"))
                 carry, skipping = b"", True
             continue
         if carry or cut < len(block):
             chunk = b"".join((carry, memoryview(block)[:cut]))
         else:
             chunk = block  # the common case: a line-aligned block, used without a copy
-        count = int(np.count_nonzero(np.frombuffer(chunk, np.uint8) == ord("\n")))
-        yield next_line, count, chunk
+        count = chunk.count(b"\n")
+        yield _LineIndex(chunk, next_line, count)
         next_line += count
         carry = block[cut:]
     if carry and not skipping:
-        yield next_line, 1, carry
+        yield _LineIndex(carry, next_line, 1)
 
 
 class _LineIndex:
@@ -363,8 +420,9 @@ def _frame(good: list[bytes], numbers: list[int], fmt: RecordFormat,
 # --- raw frame -> validated output ------------------------------------------------------
 
 
-def _check_columns(raw: pl.DataFrame, fmt: RecordFormat, path: Path) -> None:
-    """A file whose records all lack a required field is the wrong file, not bad lines."""
+def _missing_columns(raw: pl.DataFrame, fmt: RecordFormat, path: Path) -> InputError | None:
+    """A file whose records all lack a required field is the wrong file, not bad lines:
+    the error to raise if ``raw`` holds its first records."""
     absent = raw.select(
         pl.all_horizontal(pl.col(f).is_null().all() for f in col.required).alias(name)
         for name, col in fmt.columns.items() if col.required
@@ -372,9 +430,10 @@ def _check_columns(raw: pl.DataFrame, fmt: RecordFormat, path: Path) -> None:
     missing = [fmt.columns[name].required for name, gone in absent.items() if gone]
     if missing:
         names = ", ".join(" or ".join(repr(f) for f in fields) for fields in missing)
-        raise InputError(
+        return InputError(
             f"none of the first {raw.height} records has the field(s) {names}: "
             "is this the right file for this source?", path=str(path))
+    return None
 
 
 def _reason(name: str, col: Column) -> pl.Expr:
