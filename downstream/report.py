@@ -168,7 +168,7 @@ def _plot(series: dict[str, list[tuple[int, str, dict]]], key: str, path: Path, 
         ax.errorbar([p[0] for p in points], [p[2][key] for p in points],
                     yerr=[p[2][key + "_std"] for p in points], marker="o", capsize=3, label=name)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("codebook size K of the swept profile (the others at their default)")
+    ax.set_xlabel("codebook size K of the swept profile")
     ax.set_ylabel(f"test {key} (mean ± std over seeds)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
