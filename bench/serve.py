@@ -4,8 +4,9 @@ DCN alone, and with a feature-bank lookup + DCN with profile codes, in the same 
 Both paths go through ``Scorer.score`` (id -> index encoding, the codes, forward pass),
 timed as the median of repeats (the two paths interleaved) after a warm-up. The codes
 model's scorer aligns the bank to its user vocabulary once, when it first sees the bank
-(timed separately as ``codes_bind_ms``); per call the codes are then a row gather at the
-user's position, not a second id lookup. ``bank_lookup_only_ms`` is a plain
+and DCN folds every user-level field (id, codes) into one row per user (``DCN.fold``),
+both timed as ``codes_bind_ms``; per call the codes are then part of a row gather at the
+user's position, not a second id lookup or two more embedded fields. ``bank_lookup_only_ms`` is a plain
 ``FeatureBank.lookup`` of the same ids, for reference. Models are
 trained for one epoch on MovieLens-100K: latency does not depend on how well they fit.
 Codes are stand-ins (k-means on random vectors); a bank lookup costs the same whatever

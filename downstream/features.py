@@ -26,6 +26,7 @@ from userip.errors import InputError
 from userip.ids import IdIndex
 
 SPLITS = ("train", "valid", "test")
+ITEM_FIELD = 1  # the item is the second field; every other field is per user
 # Observed attributes too fine-grained to help (one value per user) are left out.
 _SKIP_ATTRS = {"user_id", "user_idx", "zip_code"}
 _MAX_ATTR_VALUES = 1000
@@ -211,7 +212,7 @@ class Encoder:
         self._users = IdIndex(ids)
         n = len(ids)
         user_col = np.minimum(np.arange(n + 1, dtype=np.int64), len(vocab))  # past the vocabulary: OOV
-        item_col = np.zeros(n + 1, np.int64)  # filled per request
+        item_col = np.zeros(n + 1, np.int64)  # filled per request (ITEM_FIELD)
         attrs = [np.append(c, len(v)) for c, (_, v) in
                  zip(fmap.observed_columns(ids, users), fmap.observed.items())]
         table = np.column_stack([user_col, item_col, *attrs])
@@ -226,9 +227,18 @@ class Encoder:
 
     def encode(self, user_ids: np.ndarray, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(x_cat int64 (n, F), x_dense float32 (n, D)); unseen values map to OOV."""
+        rows, items = self.positions(user_ids, item_ids)
+        x_cat = self._table[rows]
+        x_cat[:, ITEM_FIELD] = items
+        return x_cat, self._dense[rows]
+
+    def positions(self, user_ids: np.ndarray, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row of ``user_rows`` per request, item index incl. OOV per request)."""
         if len(user_ids) != len(item_ids):
             raise InputError(f"{len(user_ids)} user ids but {len(item_ids)} item ids")
-        rows = self._users.positions(user_ids)
-        x_cat = self._table[rows]
-        x_cat[:, 1] = self._items.positions(item_ids)
-        return x_cat, self._dense[rows]
+        return self._users.positions(user_ids), self._items.positions(item_ids)
+
+    def user_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every user-level feature per row (x_cat with a placeholder item column, x_dense);
+        the last row is the unknown user."""
+        return self._table, self._dense

@@ -26,6 +26,7 @@ from downstream.features import (
     CodeSource,
     DenseProfiles,
     Encoder,
+    ITEM_FIELD,
     FeatureMap,
     codes_record,
     load_interactions,
@@ -182,6 +183,7 @@ class Scorer:
         else:
             self.model.load(model_dir)
         self._bound: tuple[pl.DataFrame | None, CodeSource | None, Encoder] | None = None
+        self._folded: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def check_codes(self, codes: CodeSource | None) -> None:
         """Refuse a code source that is missing or means something else than at training."""
@@ -202,15 +204,27 @@ class Scorer:
               codes: CodeSource | None) -> np.ndarray:
         """Click probabilities; unseen users/items use the OOV index, users missing from
         the bank the unknown code."""
-        return self.predict_encoded(*self.encoder(users, codes).encode(user_ids, item_ids))
+        encoder = self.encoder(users, codes)
+        if self._folded is not None:  # see DCN.fold: two gathers instead of the embedding
+            rows, items = (torch.from_numpy(p) for p in encoder.positions(user_ids, item_ids))
+            user_part, item_part = self._folded
+            with torch.inference_mode():
+                return torch.sigmoid(self.model.from_first_layer(user_part[rows] + item_part[items])).numpy()
+        return self.predict_encoded(*encoder.encode(user_ids, item_ids))
 
     def encoder(self, users: pl.DataFrame | None, codes: CodeSource | None) -> Encoder:
         """The encoder for this users table and code source, checked and built on first
         use and kept while the same objects are passed: a server opens its bank once and
-        then pays only the per-request id lookups, not a bank alignment per call."""
+        then pays only the per-request id lookups, not a bank alignment per call. A model
+        with ``fold`` (DCN) also gets its per-user and per-item first-layer rows then."""
         if self._bound is None or self._bound[0] is not users or self._bound[1] is not codes:
             self.check_codes(codes)
-            self._bound = (users, codes, self.fmap.encoder(users, codes))
+            encoder = self.fmap.encoder(users, codes)
+            self._bound, self._folded = (users, codes, encoder), None
+            if hasattr(self.model, "fold"):
+                with torch.inference_mode():
+                    self._folded = self.model.fold(*(torch.from_numpy(a) for a in encoder.user_rows()),
+                                                   ITEM_FIELD, len(self.fmap.items) + 1)
         return self._bound[2]
 
     def predict_encoded(self, x_cat: np.ndarray, x_dense: np.ndarray) -> np.ndarray:

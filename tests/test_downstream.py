@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from downstream.features import open_codes
+from downstream.features import load_users, open_codes
 from downstream.layers import Hyper
 from downstream.metrics import ctr_metrics
 from downstream.models import MODELS
@@ -100,6 +100,28 @@ def test_unknown_users_items_and_bank_compatibility(prepared, ml100k_small_dir: 
         scorer.score(np.array([fmap.users[0]]), np.array([fmap.items[0]]), None, open_codes(other))
     with pytest.raises(ConfigError, match="trained with codes profiles"):
         scorer.score(np.array([fmap.users[0]]), np.array([fmap.items[0]]), None, None)
+
+
+@pytest.mark.parametrize("profiles", ["codes", "dense"])
+def test_folded_dcn_scores_like_its_forward_pass(profiles: str, prepared, ml100k_small_dir: Path,
+                                                  codes_dir: Path, tmp_path: Path) -> None:
+    """Scoring folds DCN's user-level fields into per-user rows (DCN.fold); the click
+    probabilities must match the plain forward pass, unknown users and items included."""
+    if profiles == "codes":
+        data, source = prepared, open_codes(codes_dir)
+    else:
+        users = pl.read_parquet(ml100k_small_dir / "users.parquet")["user_id"].to_list()
+        source = open_codes(write_standin(users, tmp_path / "none", method="none"))
+        data = prepare(ml100k_small_dir, source, use_observed=True)
+    fit("dcn", data, tmp_path / "m", seed=0, variant=profiles, **FIT)
+    scorer, users_table = Scorer(tmp_path / "m"), load_users(ml100k_small_dir)
+    test = pl.read_parquet(ml100k_small_dir / "interactions.parquet").filter(pl.col("split") == "test")
+    uid = np.array(["ghost", *test["user_id"].to_list()], dtype=object)
+    iid = np.array([*test["item_id"].to_list(), "no-such-item"], dtype=object)
+    folded = scorer.score(uid, iid, users_table, source)
+    assert scorer._folded is not None
+    full = scorer.predict_encoded(*scorer.encoder(users_table, source).encode(uid, iid))
+    np.testing.assert_allclose(folded, full, rtol=0, atol=1e-6)
 
 
 def test_bad_labels_and_corrupt_parquet(ml100k_small_dir: Path, tmp_path: Path) -> None:

@@ -34,6 +34,13 @@ class CrossNet(nn.Module):
 
 @register("dcn")
 class DCN(nn.Module):
+    """Every first step on x_0 is linear: the cross dots x_0 . w_l, the head's cross half
+    (see ``forward``) and the deep MLP's first layer. They are one product x_0 @ M, and
+    since x_0 is a concatenation of field embeddings, M splits by field: ``fold`` turns the
+    user-level fields (user id, attributes, profile codes) into one row per user and the
+    item field into one row per item, so scoring costs two gathers however many
+    user-level fields there are."""
+
     def __init__(self, fmap, hp) -> None:
         super().__init__()
         self.embedding = FeatureEmbedding(fmap, hp.embedding_dim)
@@ -42,11 +49,30 @@ class DCN(nn.Module):
         self.deep = mlp(self.width, hp.mlp, hp.dropout, out_dim=None)
         self.head = nn.Linear(self.width + hp.mlp[-1], 1)
 
+    def _first_layer(self) -> torch.Tensor:
+        """M (width, layers + 1 + hidden): cross weights, the head's cross half, deep layer 1."""
+        return torch.cat([self.cross.w, self.head.weight[:, :self.width], self.deep[0].weight]).T
+
     def forward(self, x_cat, x_dense):
-        """head([a * x_0 + c, deep(x_0)]) with the cross half folded into scalars:
-        head_cross . (a * x_0 + c) = a * (x_0 . head_cross) + c . head_cross."""
-        x0 = self.embedding(x_cat, x_dense).flatten(1)
+        return self.from_first_layer(self.embedding(x_cat, x_dense).flatten(1) @ self._first_layer())
+
+    def from_first_layer(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits from z = x_0 @ M: head([a * x_0 + c, deep(x_0)]) with the cross half folded
+        into scalars, head_cross . (a * x_0 + c) = a * (x_0 . head_cross) + c . head_cross."""
+        layers = len(self.cross.w)
+        a, c = self.cross.scale_shift(z[:, :layers])
+        deep = self.deep[1:](z[:, layers + 1:] + self.deep[0].bias)
         head_cross, head_deep = self.head.weight[0, :self.width], self.head.weight[0, self.width:]
-        dots = x0 @ torch.cat([self.cross.w, head_cross[None, :]]).T  # (batch, layers + 1)
-        a, c = self.cross.scale_shift(dots[:, :-1])
-        return a * dots[:, -1] + self.deep(x0) @ head_deep + (c @ head_cross + self.head.bias[0])
+        return a * z[:, layers] + deep @ head_deep + (c @ head_cross + self.head.bias[0])
+
+    def fold(self, user_cat: torch.Tensor, user_dense: torch.Tensor, item_field: int,
+             n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-user rows, per-item rows) of x_0 @ M; ``user_cat`` holds every field per user
+        (its ``item_field`` column is ignored), the items are indices ``0..n_items - 1``."""
+        first = self._first_layer()
+        m = first.view(-1, self.embedding.table.embedding_dim, first.shape[1])  # (fields, dim, out)
+        emb = self.embedding(user_cat, user_dense)  # (users, fields, dim)
+        user_fields = [f for f in range(m.shape[0]) if f != item_field]
+        users = torch.einsum("ufd,fdo->uo", emb[:, user_fields], m[user_fields])
+        items = self.embedding.table(torch.arange(n_items) + self.embedding.offsets[item_field])
+        return users, items @ m[item_field]
