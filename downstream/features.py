@@ -10,8 +10,6 @@ Un-quantized profile vectors (quantize method ``none``) enter as dense features.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import polars as pl
 from feature_bank import FeatureBank
 from feature_bank.bank import read_meta, read_parquet
 from userip.errors import InputError
+from userip.fingerprint import sha256_file
 from userip.ids import IdIndex
 
 SPLITS = ("train", "valid", "test")
@@ -69,9 +68,7 @@ class DenseProfiles:
         self._users = IdIndex(df["user_id"].cast(pl.String).to_numpy())
         self._x = np.vstack([df.select(self.columns).to_numpy().astype(np.float32),
                              np.zeros((1, len(self.columns)), np.float32)])
-        with open(path, "rb") as fh:
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        self.compat = {"dense_columns": self.columns, "dense_sha256": digest}
+        self.compat = {"dense_columns": self.columns, "dense_sha256": sha256_file(path)}
         self.method = str(meta["method"])
 
     @property
@@ -184,8 +181,6 @@ class FeatureMap:
         raw["codes"] = [tuple(c) for c in raw["codes"]]
         return cls(**raw)
 
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Encoder:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from downstream.features import load_users
+from downstream.features import load_users, open_codes
 from downstream.metrics import paired_p_value, ri_auc, ri_logloss
 from downstream.suite import VARIANT_JSON, WITHOUT, source_of, trained_dirs
 from userip.config import DownstreamConfig
@@ -140,7 +140,8 @@ def probe(data_dir: Path, run_dir: Path, metas: dict[str, dict]) -> dict[str, di
                        if d.parts[-3] == variant), None)
         if record is None:
             continue
-        codes = source_of(record, None).lookup(uid)
+        path, is_bank, version = source_of(record, None)
+        codes = open_codes(Path(path), bank=is_bank, version=version).lookup(uid)
         x = OneHotEncoder(handle_unknown="ignore").fit_transform(codes)
         res = {}
         for name, y in targets.items():

@@ -97,12 +97,8 @@ def _settings(section: DownstreamConfig) -> dict[str, Any]:
 
 @lru_cache(maxsize=4)
 def _prepared(data_dir: str, source: str | None, is_bank: bool, use_observed: bool) -> Prepared:
-    codes = _open_source(source, is_bank) if source else None
+    codes = open_codes(Path(source), bank=is_bank) if source else None
     return prepare(Path(data_dir), codes, use_observed)
-
-
-def _open_source(source: str, is_bank: bool) -> CodeSource:
-    return FeatureBank.open(source) if is_bank else open_codes(Path(source))
 
 
 def _fit_job(job: Job, data_dir: str, source: str | None, is_bank: bool, section: DownstreamConfig,
@@ -154,18 +150,19 @@ def trained_dirs(run_dir: Path) -> list[Path]:
     return dirs
 
 
-def source_of(record: dict[str, Any], bank: Path | None) -> CodeSource | None:
-    """The code source to score a model with: ``bank`` (checked for compatibility) when
-    given for a codes model, else the source recorded at training time."""
+def source_of(record: dict[str, Any], bank: Path | None) -> tuple[str, bool, str | None] | None:
+    """Where to find the code source to score a model with, as ``open_codes`` arguments
+    (path, bank, version): ``bank`` (checked for compatibility) when given for a codes
+    model, else the source recorded at training time."""
     info = record.get("codes")
     if info is None:
         return None
     if bank is not None and info["kind"] == "codes":
-        return FeatureBank.open(bank)
+        return str(bank), True, None
     src = Path(info["source"])
     if (src / MANIFEST_FILE).is_file():  # a published bank version dir
-        return FeatureBank.open(src.parent, src.name)
-    return open_codes(src)
+        return str(src.parent), True, src.name
+    return str(src), False, None
 
 
 def evaluate_all(run_dir: Path, data_dir: Path, *, bank: Path | None = None) -> list[dict[str, Any]]:
@@ -179,9 +176,14 @@ def evaluate_all(run_dir: Path, data_dir: Path, *, bank: Path | None = None) -> 
     uid, iid = inter["user_id"].to_numpy(), inter["item_id"].to_numpy()
     y = inter["label"].to_numpy().astype(np.int8)
     out = []
+    opened: dict[tuple[str, bool, str | None], CodeSource] = {}  # one bank/encoder per source
     for d in trained_dirs(run_dir):
         scorer = Scorer(d)
-        probs = scorer.score(uid, iid, users, source_of(scorer.record, bank))
+        where = source_of(scorer.record, bank)
+        if where is not None and where not in opened:
+            path, is_bank, version = where
+            opened[where] = open_codes(Path(path), bank=is_bank, version=version)
+        probs = scorer.score(uid, iid, users, opened.get(where) if where else None)
         m = {"model": scorer.name, "variant": scorer.record["variant"], "seed": scorer.record["seed"],
              "val_auc": scorer.record["val_auc"], "best_epoch": scorer.record["best_epoch"],
              "train_seconds": scorer.record["train_seconds"], **ctr_metrics(uid, y, probs)}

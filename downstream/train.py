@@ -182,8 +182,9 @@ class Scorer:
             self.model.eval()
         else:
             self.model.load(model_dir)
-        self._bound: tuple[pl.DataFrame | None, CodeSource | None, Encoder] | None = None
-        self._folded: tuple[torch.Tensor, torch.Tensor] | None = None
+        # (users table, code source) -> their encoder and, for DCN, its folded rows
+        self._bound: tuple[pl.DataFrame | None, CodeSource | None, Encoder,
+                           tuple[torch.Tensor, torch.Tensor] | None] | None = None
 
     def check_codes(self, codes: CodeSource | None) -> None:
         """Refuse a code source that is missing or means something else than at training."""
@@ -205,9 +206,10 @@ class Scorer:
         """Click probabilities; unseen users/items use the OOV index, users missing from
         the bank the unknown code."""
         encoder = self.encoder(users, codes)
-        if self._folded is not None:  # see DCN.fold: two gathers instead of the embedding
+        folded = self._bound[3]
+        if folded is not None:  # see DCN.fold: two gathers instead of the embedding
             rows, items = (torch.from_numpy(p) for p in encoder.positions(user_ids, item_ids))
-            user_part, item_part = self._folded
+            user_part, item_part = folded
             with torch.inference_mode():
                 return torch.sigmoid(self.model.from_first_layer(user_part[rows] + item_part[items])).numpy()
         return self.predict_encoded(*encoder.encode(user_ids, item_ids))
@@ -219,12 +221,12 @@ class Scorer:
         with ``fold`` (DCN) also gets its per-user and per-item first-layer rows then."""
         if self._bound is None or self._bound[0] is not users or self._bound[1] is not codes:
             self.check_codes(codes)
-            encoder = self.fmap.encoder(users, codes)
-            self._bound, self._folded = (users, codes, encoder), None
+            encoder, folded = self.fmap.encoder(users, codes), None
             if hasattr(self.model, "fold"):
                 with torch.inference_mode():
-                    self._folded = self.model.fold(*(torch.from_numpy(a) for a in encoder.user_rows()),
-                                                   ITEM_FIELD, len(self.fmap.items) + 1)
+                    folded = self.model.fold(*(torch.from_numpy(a) for a in encoder.user_rows()),
+                                             ITEM_FIELD, len(self.fmap.items) + 1)
+            self._bound = (users, codes, encoder, folded)
         return self._bound[2]
 
     def predict_encoded(self, x_cat: np.ndarray, x_dense: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from userip.errors import ConfigError, InputError, UseripError
+from userip.fingerprint import sha256_file
 from userip.ids import IdIndex
 
 LATEST = "LATEST"
@@ -90,11 +91,6 @@ class Manifest:
         return cls(**raw)
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def read_meta(codes_dir: Path) -> dict[str, Any]:
     """The quantizer's ``meta.json``: method, kind and the profiles with their K."""
     path = Path(codes_dir) / "meta.json"
@@ -158,9 +154,9 @@ def build_manifest(codes_dir: Path, meta: dict[str, Any], n_rows: int, *,
     codes_dir = Path(codes_dir)
     codebook = Path(codebook) if codebook else codes_dir / "codebooks.safetensors"
     if codebook.is_file():
-        cb_hash, cb_source = _sha256(codebook), str(codebook)
+        cb_hash, cb_source = sha256_file(codebook), str(codebook)
     else:
-        cb_hash, cb_source = _sha256(codes_dir / "meta.json"), "meta.json (no codebook file)"
+        cb_hash, cb_source = sha256_file(codes_dir / "meta.json"), "meta.json (no codebook file)"
     return Manifest(
         profiles=tuple((p["name"], int(p["K"])) for p in meta["profiles"]),
         codebook_hash=cb_hash, codebook_source=cb_source,

@@ -17,9 +17,9 @@ from prefect.artifacts import create_link_artifact
 from dataprep.readers import source_inputs
 from profile_infer.model_loading import resolve_model_dir
 from tasks.runners import task_runner
-from tasks.stages import (EVALUATED, REPORT, evaluate_task, export_task, infer_task,
-                          prepare_task, quantize_task, refresh_task, report_task, train_marker,
-                          train_task)
+from tasks.stages import (EVALUATED, REPORT, artifact_slug, evaluate_task, export_task,
+                          infer_task, prepare_task, quantize_task, refresh_task, report_task,
+                          train_marker, train_task)
 from userip.config import Config, DownstreamConfig, load_config
 from userip.fingerprint import model_fingerprint, stage_key
 
@@ -179,7 +179,7 @@ def _export(cfg: Config, plan: list[str], refresh: bool, codes: Path, profile: P
                    lm_id=cfg.profile.model, data_dir=str(data), bank_dir=str(cfg.bank_dir()),
                    keep=cfg.bank.keep_versions)
     if "export" in plan:
-        create_link_artifact(key=f"userip-bank-{_slug(cfg.name)}", link=Path(version).resolve().as_uri(),
+        create_link_artifact(key=f"userip-bank-{artifact_slug(cfg.name)}", link=Path(version).resolve().as_uri(),
                              link_text=Path(version).name,
                              description=f"Feature bank version published by this run ({cfg.name})")
     return version
@@ -194,11 +194,6 @@ def _profile_key_section(cfg: Config) -> dict[str, Any]:
 def _stage_path(cfg: Config, stage: str, section: dict[str, Any], inputs: list,
                 packages: list[str]) -> Path:
     return cfg.stage_dir(stage) / stage_key(stage, section, inputs, packages)
-
-
-def _slug(name: str) -> str:
-    """Artifact keys allow lowercase letters, digits and dashes only."""
-    return "".join(c if c.isalnum() else "-" for c in name.lower())
 
 
 def _run(stage: str, plan: list[str], refresh: bool, out_dir: Path, task_fn,

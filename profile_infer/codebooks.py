@@ -14,9 +14,8 @@ import faiss
 import numpy as np
 import torch
 
-from profile_infer.outputs import assign_codes
+from profile_infer.outputs import assign_chunked
 
-CHUNK = 65536  # θ rows assigned at a time: no full per-profile copy of a huge table
 SPLIT_ROWS = 65536  # users of the crowded code sampled for the split's k-means
 
 
@@ -28,18 +27,6 @@ def kmeans_codebook(x: np.ndarray, k: int, seed: int) -> np.ndarray:
                       max_points_per_centroid=1 << 20)
     km.train(np.ascontiguousarray(x, dtype=np.float32))
     return km.centroids.copy()
-
-
-def assign_chunked(theta: torch.Tensor, sl: slice, codebook: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest code and its distance for profile slice ``sl`` of every θ row."""
-    codes, dists = [], []
-    for start in range(0, len(theta), CHUNK):
-        part = theta[start: start + CHUNK, sl].reshape(-1, codebook.shape[1]).numpy()
-        c, d = assign_codes(part, codebook)
-        codes.append(c)
-        dists.append(d)
-    return np.concatenate(codes), np.concatenate(dists)
 
 
 def dead_threshold(n_users: int, min_share: float) -> int:

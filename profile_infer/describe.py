@@ -17,7 +17,8 @@ from pathlib import Path
 
 import polars as pl
 
-CATEGORY_SEP = " | "  # how dataprep joins item categories (dataprep/readers/base.py)
+from dataprep.readers.base import CATEGORY_SEP
+
 TOP = 5
 # Typical items must also be in the history of this share of the code's users: ranking by lift
 # alone lists items that a handful of users saw, which says little about the code.

@@ -23,6 +23,7 @@ from userip.config import ProfileConfig
 THETA, CODEBOOKS, SURROGATE, CODES = ("theta.safetensors", "codebooks.safetensors",
                                       "surrogate.safetensors", "codes.parquet")
 SURROGATE_ITEMS = "surrogate_items.parquet"
+CHUNK = 65536  # θ rows assigned at a time
 
 
 def assign_codes(flat: np.ndarray, codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -30,10 +31,28 @@ def assign_codes(flat: np.ndarray, codebook: np.ndarray) -> tuple[np.ndarray, np
 
     Returns codes (int32) and the Euclidean distance to the chosen centroid (float32).
     """
+    return _search(_code_index(codebook), flat)
+
+
+def assign_chunked(theta: torch.Tensor, sl: slice, codebook: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``assign_codes`` for profile slice ``sl`` of every θ row, ``CHUNK`` rows at a time:
+    no full per-profile copy of a huge table; one index serves every chunk."""
+    index = _code_index(codebook)
+    parts = [_search(index, theta[start: start + CHUNK, sl].reshape(-1, codebook.shape[1]).numpy())
+             for start in range(0, len(theta), CHUNK)]
+    return np.concatenate([c for c, _ in parts]), np.concatenate([d for _, d in parts])
+
+
+def _code_index(codebook: np.ndarray):
     index = faiss.IndexFlatL2(codebook.shape[1])
     if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     index.add(np.ascontiguousarray(codebook, dtype=np.float32))
+    return index
+
+
+def _search(index, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     dist, idx = index.search(np.ascontiguousarray(flat, dtype=np.float32), 1)
     return idx[:, 0].astype(np.int32), np.sqrt(np.maximum(dist[:, 0], 0)).astype(np.float32)
 
@@ -42,8 +61,7 @@ def codes_frame(user_ids: list[str], theta: torch.Tensor, codebooks: list[torch.
                 cfg: ProfileConfig, slices) -> pl.DataFrame:
     cols: dict[str, object] = {"user_id": pl.Series(user_ids, dtype=pl.String)}
     for spec, cb, sl in zip(cfg.profiles, codebooks, slices):
-        flat = theta[:, sl].reshape(len(theta), -1).numpy()
-        codes, dist = assign_codes(flat, cb.detach().float().cpu().numpy())
+        codes, dist = assign_chunked(theta, sl, cb.detach().float().cpu().numpy())
         cols[spec.name] = pl.Series(codes, dtype=pl.Int32)
         cols[f"dist_{spec.name}"] = pl.Series(dist, dtype=pl.Float32)
     return pl.DataFrame(cols)

@@ -26,6 +26,11 @@ def _content_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
 
+def artifact_slug(name: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return "".join(c if c.isalnum() else "-" for c in name.lower())
+
+
 def stage_task(name: str, **options: Any):
     """Decorator: a cached, persisted Prefect task for one stage."""
     # task_run_name: runs are named by stage alone (Prefect would add a random suffix)
@@ -134,7 +139,7 @@ def report_task(section: dict[str, Any], run_name: str, data_dir: str, out_dir: 
     from userip.summary import metric_rows
 
     metrics = write_report(Path(out_dir), Path(data_dir), DownstreamConfig.model_validate(section))
-    name = "".join(c if c.isalnum() else "-" for c in run_name.lower())  # artifact key rules
+    name = artifact_slug(run_name)
     create_table_artifact(key=f"userip-metrics-{name}", table=metric_rows(metrics),
                           description=f"Test metrics, mean over seeds ({out_dir})")
     report = (Path(out_dir) / "report.md").read_text()

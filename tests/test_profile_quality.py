@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from profile_infer import infer
-from profile_infer.codebooks import assign_chunked, reseed_dead_codes
+from profile_infer.codebooks import reseed_dead_codes
+from profile_infer.outputs import assign_chunked
 from profile_infer.describe import describe_codes
 from profile_infer.outputs import load_published
 from tests.profile_fixtures import write_data_dir, write_tiny_llama

@@ -26,7 +26,7 @@ def test_sweep_series_one_line_per_swept_profile() -> None:
         "background": [(3, "kmeans"), (8, "sweep-background_K8")],  # K32 has no results yet
         "hobby": [(4, "kmeans"), (8, "sweep-hobby_K8"), (16, "sweep-hobby_K16")],
     }
-    assert series["hobby"][0][2] is results["sweep-hobby_K8"]
+    assert next(m for k, _, m in series["hobby"] if k == 8) is results["sweep-hobby_K8"]
 
 
 def test_sweep_series_needs_two_sizes() -> None:

@@ -22,6 +22,12 @@ def hash_file(path: Path) -> str:
         return hashlib.file_digest(fh, "blake2b").hexdigest()[:32]
 
 
+def sha256_file(path: Path) -> str:
+    """The full SHA-256 of a file: the hash stored in bank manifests and model records."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 def hash_paths(paths: Iterable[Path | str | None]) -> str:
     """Hash of the contents of files and of every file under directories, by relative name."""
     digest = hashlib.blake2b(digest_size=16)

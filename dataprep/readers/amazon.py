@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from dataprep.readers.base import INTERACTION_SCHEMA, ITEM_SCHEMA, RawData, RejectLog
+from dataprep.readers.base import CATEGORY_SEP, INTERACTION_SCHEMA, ITEM_SCHEMA, RawData, RejectLog
 from dataprep.readers.fields import (
     date_seconds, identifier, number, price, review_text, short_text, text_list, unix_seconds,
 )
@@ -28,7 +28,6 @@ from userip.config import PrepareConfig
 log = logging.getLogger(__name__)
 
 _TEXT, _TEXTS = pl.String(), pl.List(pl.String)
-_CATEGORY_SEP = " | "
 _UNIX_TIME = unix_seconds("unixReviewTime")
 
 REVIEWS_2014_2018 = RecordFormat(
@@ -57,8 +56,8 @@ def _meta_2014_2018(decode: Callable[[str], Any]) -> RecordFormat:
         columns={
             "item_id": Column(identifier("asin"), ("asin",)),
             "title": Column(short_text("title")),
-            "categories": Column(pl.coalesce(text_list(pl.col("categories"), _CATEGORY_SEP),
-                                             text_list(pl.col("category"), _CATEGORY_SEP))),
+            "categories": Column(pl.coalesce(text_list(pl.col("categories"), CATEGORY_SEP),
+                                             text_list(pl.col("category"), CATEGORY_SEP))),
             "brand": Column(short_text("brand")),
             "price": Column(price("price")),
             "description": Column(text_list(pl.col("description"), " ")),
@@ -92,8 +91,8 @@ META_2023 = RecordFormat(
         "title": Column(short_text("title")),
         # Many 2023 items have an empty category list; their main category stands in.
         "categories": Column(pl.coalesce(
-            text_list(pl.col("categories"), _CATEGORY_SEP),
-            text_list(pl.concat_list(pl.col("main_category")), _CATEGORY_SEP))),
+            text_list(pl.col("categories"), CATEGORY_SEP),
+            text_list(pl.concat_list(pl.col("main_category")), CATEGORY_SEP))),
         "brand": Column(short_text("store")),
         "price": Column(price("price")),  # a number, null, or the string "None"
         "description": Column(text_list(pl.col("description"), " ")),

@@ -22,6 +22,7 @@ INTERACTION_SCHEMA = {
     "ts": pl.Int64,  # UTC seconds
     "review": pl.String,  # nullable
 }
+CATEGORY_SEP = " | "  # joins an item's categories in items.parquet
 ITEM_SCHEMA = {
     "item_id": pl.String,
     "title": pl.String,

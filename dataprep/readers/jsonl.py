@@ -131,7 +131,8 @@ def read_records(path: Path | None, fmt: RecordFormat, staging: Path, rejects: R
             parts.append(done.part)
             rows += done.kept
 
-    with ThreadPoolExecutor(workers, thread_name_prefix=f"read-{role}") as pool:
+    pool = ThreadPoolExecutor(workers, thread_name_prefix=f"read-{role}")
+    try:
         pending: deque[Future[_Chunk]] = deque()
         for item in _line_chunks(path, chunk_bytes):
             if isinstance(item, _Unreadable):  # logged after the lines before it
@@ -147,6 +148,8 @@ def read_records(path: Path | None, fmt: RecordFormat, staging: Path, rejects: R
                 finish(pending.popleft().result())
         while pending:
             finish(pending.popleft().result())
+    finally:  # on an error (e.g. the wrong file), queued chunks are not parsed first
+        pool.shutdown(cancel_futures=True)
     log.info("%s: %d lines, %d rows kept, %d rejected, %.1fs", path, rejects.seen[str(path)],
              rows, rejects.rejected[str(path)], time.perf_counter() - started)
     if not parts:

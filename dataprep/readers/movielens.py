@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from dataprep.readers.base import ITEM_SCHEMA, RawData, RejectLog
+from dataprep.readers.base import CATEGORY_SEP, ITEM_SCHEMA, RawData, RejectLog
 from userip.config import PrepareConfig
 from userip.errors import InputError
 
@@ -68,7 +68,7 @@ def _items(frame: pl.DataFrame, title: pl.Expr, genre_col: str) -> pl.LazyFrame:
     return frame.lazy().select(
         pl.col("item_id"),
         title.alias("title"),
-        pl.col(genre_col).str.replace_all(" ", " | ").alias("categories"),
+        pl.col(genre_col).str.replace_all(" ", CATEGORY_SEP).alias("categories"),
         pl.lit(None, pl.String).alias("brand"),
         pl.lit(None, pl.Float64).alias("price"),
         pl.lit(None, pl.String).alias("description"),

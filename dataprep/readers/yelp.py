@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from dataprep.readers.base import INTERACTION_SCHEMA, ITEM_SCHEMA, RawData, RejectLog
+from dataprep.readers.base import CATEGORY_SEP, INTERACTION_SCHEMA, ITEM_SCHEMA, RawData, RejectLog
 from dataprep.readers.fields import (
     date_seconds, identifier, number, review_text, short_text, split_list, text_list,
 )
@@ -51,7 +51,7 @@ BUSINESS = RecordFormat(
     columns={
         "item_id": Column(identifier("business_id"), ("business_id",)),
         "title": Column(short_text("name")),
-        "categories": Column(text_list(split_list("categories", ","), " | ")),
+        "categories": Column(text_list(split_list("categories", ","), CATEGORY_SEP)),
         "brand": Column(pl.lit(None, pl.String)),
         "price": Column(pl.lit(None, pl.Float64)),
         "description": Column(text_list(pl.concat_list(short_text("city"), short_text("state")),
