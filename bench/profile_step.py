@@ -50,7 +50,7 @@ def main() -> None:
     for b in batches[1: 1 + args.steps]:
         trainer.train_step(b, joint=True)
         users += len(b)
-        tokens += sum(len(data.targets[r]) for r in b.tolist())
+        tokens += sum(len(data.window(r, 0)) for r in b.tolist())
     if lm.device.type == "cuda":
         torch.cuda.synchronize()
     secs = time.perf_counter() - t0

@@ -1,35 +1,68 @@
-"""Behaviour text per user: what the profile stage asks the LM to explain."""
+"""Behaviour text per user: what the profile stage asks the LM to explain.
+
+Each of a user's items becomes one phrase: its title (or, for an item without one, its
+most specific category and its brand), the user's feedback on it (``liked`` when the
+rating reaches the label threshold, else ``disliked``; no mark when the source has no
+ratings) and, where the source has review text, the review's first words, as in the
+paper's reference setting. Phrases are kept whole and in time order for the user's
+*whole* history of the split; the profile stage packs them into token windows, never
+cutting inside an item.
+"""
 
 from __future__ import annotations
 
 import polars as pl
 
+from dataprep.readers.base import CATEGORY_SEP
+
 SEPARATOR = "; "
+LIKED, DISLIKED = "liked", "disliked"
 
 
-def behaviour_text(
-    interactions: pl.DataFrame, items: pl.DataFrame, split: str, max_chars: int
-) -> pl.DataFrame:
-    """Titles of a user's ``split`` items, oldest first, keeping the most recent ones that
-    fit in ``max_chars``. Items without a title (meta missing) are left out.
+def has_feedback(interactions: pl.DataFrame) -> bool:
+    """Explicit feedback: the source rates items with more than one distinct value."""
+    return interactions["rating"].drop_nulls().n_unique() > 1
+
+
+def item_names(items: pl.DataFrame) -> pl.DataFrame:
+    """(item_idx, name): the title, or "<last category> item by <brand>" without one."""
+    title = pl.col("title").str.strip_chars()
+    category = pl.col("categories").str.split(CATEGORY_SEP).list.last().str.strip_chars()
+    brand = pl.col("brand").str.strip_chars()
+    described = (
+        pl.when(category.str.len_chars() > 0).then(pl.lit("a ") + category + pl.lit(" item"))
+        .otherwise(pl.lit("an item"))
+        + pl.when(brand.str.len_chars() > 0).then(pl.lit(" by ") + brand).otherwise(pl.lit(""))
+    )
+    name = pl.when(title.str.len_chars() > 0).then(title).otherwise(described)
+    return items.select("item_idx", name.alias("name"))
+
+
+def behaviour_text(interactions: pl.DataFrame, items: pl.DataFrame, split: str, *,
+                   label_threshold: float, feedback: bool, review_words: int) -> pl.DataFrame:
+    """One row per user with items in ``split``: ``items`` (phrases, oldest first) and
+    ``text`` (the phrases joined by ``SEPARATOR``).
 
     Only rows of ``split`` are read, so a train text can never mention a valid/test item.
-    Works on the contiguous indices (item order = item id order), which join and sort
-    far cheaper than the id strings.
     """
-    titled = (
+    rows = (
         interactions.filter(pl.col("split") == split)
-        .select("user_id", "user_idx", "item_idx", "ts")
         .sort("user_idx", "ts", "item_idx")
-        .join(items.select("item_idx", "title"), on="item_idx", how="left",
-              maintain_order="left")
-        .filter(pl.col("title").is_not_null() & (pl.col("title").str.len_chars() > 0))
+        .join(item_names(items), on="item_idx", how="left", maintain_order="left")
     )
-    # Characters from each title up to the user's latest one (rows are in time order).
-    budget = (pl.col("title").str.len_chars() + len(SEPARATOR)).cum_sum(reverse=True)
+    phrase = pl.col("name").fill_null("an item")
+    if feedback:
+        mark = pl.when(pl.col("rating") >= label_threshold).then(pl.lit(LIKED)).otherwise(pl.lit(DISLIKED))
+        phrase = phrase + pl.when(pl.col("rating").is_not_null()).then(pl.lit(": ") + mark).otherwise(pl.lit(""))
+    if review_words > 0 and "review" in rows.columns:
+        words = (pl.col("review").str.replace_all(r"\s+", " ").str.strip_chars().str.split(" ").list.head(review_words)
+                 .list.join(" "))
+        phrase = phrase + pl.when(words.str.len_chars() > 0).then(
+            pl.lit(' "') + words + pl.lit('"')).otherwise(pl.lit(""))
     return (
-        titled.filter(budget.over("user_idx") <= max_chars + len(SEPARATOR))
+        rows.select("user_id", "user_idx", phrase.alias("phrase"))
         .group_by("user_idx", maintain_order=True)
-        .agg(pl.first("user_id"), pl.col("title").str.join(SEPARATOR).alias("text"))
-        .select("user_id", pl.col("user_idx").cast(pl.Int32), "text")
+        .agg(pl.first("user_id"), pl.col("phrase").alias("items"))
+        .select("user_id", pl.col("user_idx").cast(pl.Int32),
+                pl.col("items").list.join(SEPARATOR).alias("text"), "items")
     )

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from dataprep.behaviour import behaviour_text
+from dataprep.behaviour import behaviour_text, has_feedback
 from dataprep.filtering import k_core, latest_per_pair
 from dataprep.readers import get_reader
 from dataprep.readers.base import RawData, RejectLog
@@ -134,15 +134,18 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
         # (kernel time) run beside the behaviour texts and the small files.
         background = [pool.submit(_write, inter, out / "interactions.parquet"),
                       pool.submit(shutil.rmtree, parts)]
-        train_text = behaviour_text(inter, items, "train", cfg.behaviour_max_chars)
-        valid_text = behaviour_text(inter, items, "valid", cfg.behaviour_max_chars)
+        feedback = has_feedback(inter)
+        text_args = dict(label_threshold=cfg.label_threshold, feedback=feedback,
+                         review_words=cfg.behaviour_review_words)
+        train_text = behaviour_text(inter, items, "train", **text_args)
+        valid_text = behaviour_text(inter, items, "valid", **text_args)
         for name, frame in (("items", items), ("users", users), ("behaviour", train_text),
                             ("behaviour_valid", valid_text)):
             _write(frame, out / f"{name}.parquet")
         for task in background:
             task.result()
 
-    stats = _stats(cfg, inter, items, train_text, raw_counts, rejects)
+    stats = _stats(cfg, inter, items, train_text, raw_counts, rejects, feedback)
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
 
@@ -173,7 +176,7 @@ def _index(ids: pl.Series, key: str, name: str) -> tuple[pl.DataFrame, np.ndarra
 
 def _stats(cfg: PrepareConfig, inter: pl.DataFrame, items: pl.DataFrame,
            train_text: pl.DataFrame, raw_counts: dict[str, int],
-           rejects: RejectLog) -> dict[str, Any]:
+           rejects: RejectLog, feedback: bool) -> dict[str, Any]:
     """The paper's Table 1 figures plus what filtering and quarantine removed."""
     n_users, n_items, n = inter["user_idx"].n_unique(), inter["item_idx"].n_unique(), inter.height
     split_counts = dict(inter.group_by("split").len().iter_rows())
@@ -191,6 +194,10 @@ def _stats(cfg: PrepareConfig, inter: pl.DataFrame, items: pl.DataFrame,
         "items_missing_meta": int(items["title"].is_null().sum()),
         "users_without_behaviour_text": n_users - train_text.height,
         "behaviour_text_mean_chars": round(float(train_text["text"].str.len_chars().mean() or 0), 1),
+        "behaviour_items_mean": round(float(train_text["items"].list.len().mean() or 0), 1),
+        "behaviour_feedback": (f"each item marked liked (rating >= {cfg.label_threshold:g}) or disliked"
+                               if feedback else "none: the source has no ratings (implicit feedback)"),
+        "behaviour_review_words": cfg.behaviour_review_words,
         "rejected_lines": sum(c["rejected"] for c in summary.values()),
         "files": summary,
     }

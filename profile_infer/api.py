@@ -8,14 +8,15 @@ import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import torch
 
 from profile_infer import distributed as dd
 from profile_infer.data import load_profile_data
 from profile_infer.model_loading import load_frozen_lm
-from profile_infer.outputs import codes_frame, explanation, load_published, publish
+from profile_infer.codebooks import codes_frame
+from profile_infer.evidence import lm_evidence
+from profile_infer.outputs import explanation, load_published, publish
 from profile_infer.prompt import build_layout
 from profile_infer.train import Prior, Trainer
 from userip.config import ProfileConfig
@@ -97,28 +98,26 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
                              cfg.seed, item_vocab=base["item_ids"] if base else None)
     fingerprint = f"{cfg.fingerprint()}-{_data_fingerprint(data_dir, users)}"
 
-    prior, user_keys = None, None
+    prior = None
     if base is not None:
         old_row = {u: i for i, u in enumerate(base["user_ids"])}
-        n_old = len(base["user_ids"])
-        new = [u for u in data.user_ids if u not in old_row]
-        key_of = {**old_row, **{u: n_old + i for i, u in enumerate(new)}}
-        user_keys = np.array([key_of[u] for u in data.user_ids])
         warm = torch.full((len(data.user_ids), *base["theta"].shape[1:]), float("nan"))
         for i, u in enumerate(data.user_ids):
             if u in old_row:
                 warm[i] = base["theta"][old_row[u]]
-        prior = Prior(base["codebooks"], base["surrogate"], base["meta"]["n_surrogate_users"],
-                      warm)
+        prior = Prior(base["codebooks"], base["surrogate"], warm)
 
     trainer = Trainer(cfg, loaded.model, layout, data, loaded.device, loaded.tokenizer.pad_token_id,
-                      fingerprint, ckpt_dir, prior, user_keys)
+                      fingerprint, ckpt_dir, prior)
     trainer.try_resume()
     progress = trainer.fit()
     theta = trainer.full_theta()
     rank, world = dd.world()
     if rank == 0:
-        codes = codes_frame(data.user_ids, theta, trainer.codebooks, cfg, layout.profile_slices)
+        codes = codes_frame(data.user_ids, theta, trainer.codebooks, names, layout.profile_slices)
+        evidence = lm_evidence(trainer.per_user_nll, theta, data.valid_rows, data.valid_targets,
+                               trainer.codebooks, layout.profile_slices, cfg.seed)
+        log.info("evidence: own vs other θ gap %s", evidence.get("theta"))
         user_ids = data.user_ids
         if base is not None:
             theta, user_ids, codes = _merge(base, data.user_ids, theta, codes)
@@ -133,7 +132,6 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
                           "context": p.context} for p in cfg.profiles],
             "config_fingerprint": cfg.fingerprint(), "n_users": len(user_ids),
             "n_items": trainer.surrogate.item.num_embeddings,
-            "n_surrogate_users": (base["meta"]["n_surrogate_users"] if base else len(user_ids)),
             "hidden_size": trainer.dim, "mode": "incremental" if base else "full",
             "refreshed_users": len(data.user_ids), "epochs_run": progress.epoch,
             "early_stopped": progress.done,
@@ -141,6 +139,10 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
             else progress.epoch - 1,
             "best_valid_llm": progress.best_valid if progress.best_epoch >= 0 else None,
             "reseeded_codes": {p.name: progress.reseeded.get(p.name, 0) for p in cfg.profiles},
+            "theta_init": cfg.theta_init,
+            "history_coverage": data.coverage(progress.epoch),
+            "surrogate_warmup": progress.surrogate_warmup,
+            "evidence": evidence,
             "skipped": data.skipped,
             "pad_token_fallback": loaded.pad_fallback, "world_size": world,
         }

@@ -1,9 +1,14 @@
 """Read the dataprep outputs the profile stage needs, with the bad-input fallbacks.
 
-Fallbacks (counted in ``skipped`` and reported in meta.json): users whose behaviour
-text is empty or null are skipped (no θ, no code); targets are cut to
-``max_target_tokens`` and to the model's context; users without train interactions
-keep their θ but add nothing to ℓ_rec.
+A user's train history (``behaviour.parquet`` ``items``: one phrase per item, oldest
+first) is tokenized item by item and packed into windows of at most
+``max_target_tokens`` tokens without ever cutting inside an item; each visit of a user
+trains on the next window, so over the epochs θ sees the whole history. Validation uses
+the first window of the user's valid-split items.
+
+Fallbacks (counted in ``skipped`` and reported in meta.json): users without a train item
+are skipped (no θ, no code); an item longer than a whole window is cut to it (counted);
+users without train interactions keep their θ but add nothing to ℓ_rec.
 """
 
 from __future__ import annotations
@@ -15,17 +20,18 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from dataprep.behaviour import SEPARATOR
 from userip.errors import InputError
 
 log = logging.getLogger(__name__)
 
-BEHAVIOUR_COLUMNS = {"user_id": pl.String, "user_idx": pl.Int32, "text": pl.String}
+BEHAVIOUR_COLUMNS = {"user_id": pl.String, "user_idx": pl.Int32, "items": pl.List(pl.String)}
 
 
 @dataclass
 class ProfileData:
     user_ids: list[str]                 # table row -> user id (sorted by user_idx)
-    targets: list[list[int]]            # table row -> target token ids (train behaviour)
+    windows: list[list[list[int]]]      # table row -> its train-history windows of token ids
     valid_rows: np.ndarray              # rows that have a validation text
     valid_targets: list[list[int]]      # aligned with valid_rows
     inter_offsets: np.ndarray           # CSR over rows into inter_items / inter_labels
@@ -33,6 +39,15 @@ class ProfileData:
     inter_labels: np.ndarray
     item_ids: list[str]                 # surrogate item row -> item id
     skipped: dict[str, int] = field(default_factory=dict)
+
+    def window(self, row: int, visit: int) -> list[int]:
+        """Target ids of ``row``'s visit number ``visit``: its windows in turn, most recent first."""
+        wins = self.windows[row]
+        return wins[-1 - visit % len(wins)]
+
+    def coverage(self, visits: int) -> float:
+        """Mean share of a user's train-history windows seen in ``visits`` visits."""
+        return float(np.mean([min(visits, len(w)) / len(w) for w in self.windows]))
 
     def interactions(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(position in ``rows``, surrogate item row, label) of the train interactions of ``rows``."""
@@ -61,10 +76,28 @@ def _read(path: Path, columns: dict[str, pl.DataType]) -> pl.DataFrame:
     return frame
 
 
-def tokenize_targets(tokenizer, texts: list[str], limit: int) -> list[list[int]]:
-    """Token ids of ``" " + text`` (a continuation of the prompt), cut to ``limit``."""
-    ids = tokenizer([" " + t for t in texts], add_special_tokens=False).input_ids
-    return [x[:limit] for x in ids]
+def pack_windows(tokenizer, histories: list[list[str]], limit: int
+                 ) -> tuple[list[list[list[int]]], int]:
+    """Each history's phrases as ``" phrase;"`` token runs, packed greedily (oldest first)
+    into windows of at most ``limit`` tokens; returns the windows and how many items had
+    to be cut because one alone exceeds ``limit``."""
+    flat = [p for h in histories for p in h]
+    ids = tokenizer([f" {p}{SEPARATOR.strip()}" for p in flat], add_special_tokens=False).input_ids
+    out, cut, i = [], 0, 0
+    for h in histories:
+        wins: list[list[int]] = []
+        cur: list[int] = []
+        for item in ids[i: i + len(h)]:
+            if len(item) > limit:
+                item, cut = item[:limit], cut + 1
+            if cur and len(cur) + len(item) > limit:
+                wins.append(cur)
+                cur = []
+            cur = cur + item
+        wins.append(cur)
+        out.append(wins)
+        i += len(h)
+    return out, cut
 
 
 def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
@@ -88,7 +121,7 @@ def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
         unknown = len(users) - len(beh)
         if unknown:
             log.warning("%d listed users have no behaviour text; skipped", unknown)
-    empty = beh.filter(pl.col("text").is_null() | (pl.col("text").str.strip_chars() == ""))
+    empty = beh.filter(pl.col("items").is_null() | (pl.col("items").list.len() == 0))
     beh = beh.filter(~pl.col("user_id").is_in(empty["user_id"].to_list()))
     skipped = {"empty_behaviour_text": len(empty), "listed_users_not_in_data": unknown}
     if len(empty):
@@ -96,11 +129,10 @@ def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
                     len(empty), empty["user_id"][0])
     if not len(beh):
         raise InputError("no user with a non-empty behaviour text",
-                         path=str(data_dir / "behaviour.parquet"), field="text")
+                         path=str(data_dir / "behaviour.parquet"), field="items")
     user_ids = beh["user_id"].to_list()
-    full = tokenizer([" " + t for t in beh["text"].to_list()], add_special_tokens=False).input_ids
-    skipped["truncated_targets"] = sum(len(x) > max_target_tokens for x in full)
-    targets = [x[:max_target_tokens] for x in full]
+    windows, skipped["items_cut_to_window"] = pack_windows(tokenizer, beh["items"].to_list(),
+                                                           max_target_tokens)
     row_of = {u: i for i, u in enumerate(user_ids)}
 
     valid_path = data_dir / "behaviour_valid.parquet"
@@ -108,12 +140,12 @@ def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
     valid_targets: list[list[int]] = []
     if valid_path.is_file():
         val = _read(valid_path, BEHAVIOUR_COLUMNS).sort("user_idx")
-        val = val.filter(pl.col("user_id").is_in(user_ids) & pl.col("text").is_not_null()
-                         & (pl.col("text").str.strip_chars() != ""))
+        val = val.filter(pl.col("user_id").is_in(user_ids) & (pl.col("items").list.len() > 0))
         if valid_max_users is not None and len(val) > valid_max_users:
             val = val.sample(valid_max_users, seed=seed).sort("user_idx")
         valid_rows = [row_of[u] for u in val["user_id"].to_list()]
-        valid_targets = tokenize_targets(tokenizer, val["text"].to_list(), max_target_tokens)
+        valid_targets = [w[0] for w in pack_windows(tokenizer, val["items"].to_list(),
+                                                    max_target_tokens)[0]]
     else:
         log.warning("%s missing: no validation LM loss, no early stopping", valid_path)
 
@@ -135,6 +167,6 @@ def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
     counts = np.bincount(rows, minlength=len(user_ids))
     skipped["users_without_train_interactions"] = int((counts == 0).sum())
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return ProfileData(user_ids, targets, np.asarray(valid_rows, dtype=np.int64), valid_targets,
+    return ProfileData(user_ids, windows, np.asarray(valid_rows, dtype=np.int64), valid_targets,
                        offsets, train["srow"].to_numpy().astype(np.int64),
                        train["label"].to_numpy().astype(np.int64), item_vocab, skipped)

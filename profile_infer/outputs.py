@@ -10,7 +10,6 @@ import csv
 import json
 from pathlib import Path
 
-import faiss
 import numpy as np
 import polars as pl
 import torch
@@ -23,50 +22,8 @@ from userip.config import ProfileConfig
 THETA, CODEBOOKS, SURROGATE, CODES = ("theta.safetensors", "codebooks.safetensors",
                                       "surrogate.safetensors", "codes.parquet")
 SURROGATE_ITEMS = "surrogate_items.parquet"
-CHUNK = 65536  # θ rows assigned at a time
-
-
-def assign_codes(flat: np.ndarray, codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """c = argmin_k ||θ − v_k|| with a FAISS flat L2 index (on GPU when FAISS has one).
-
-    Returns codes (int32) and the Euclidean distance to the chosen centroid (float32).
-    """
-    return _search(_code_index(codebook), flat)
-
-
-def assign_chunked(theta: torch.Tensor, sl: slice, codebook: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """``assign_codes`` for profile slice ``sl`` of every θ row, ``CHUNK`` rows at a time:
-    no full per-profile copy of a huge table; one index serves every chunk."""
-    index = _code_index(codebook)
-    parts = [_search(index, theta[start: start + CHUNK, sl].reshape(-1, codebook.shape[1]).numpy())
-             for start in range(0, len(theta), CHUNK)]
-    return np.concatenate([c for c, _ in parts]), np.concatenate([d for _, d in parts])
-
-
-def _code_index(codebook: np.ndarray):
-    index = faiss.IndexFlatL2(codebook.shape[1])
-    if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    index.add(np.ascontiguousarray(codebook, dtype=np.float32))
-    return index
-
-
-def _search(index, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    dist, idx = index.search(np.ascontiguousarray(flat, dtype=np.float32), 1)
-    return idx[:, 0].astype(np.int32), np.sqrt(np.maximum(dist[:, 0], 0)).astype(np.float32)
-
-
-def codes_frame(user_ids: list[str], theta: torch.Tensor, codebooks: list[torch.Tensor],
-                cfg: ProfileConfig, slices) -> pl.DataFrame:
-    cols: dict[str, object] = {"user_id": pl.Series(user_ids, dtype=pl.String)}
-    for spec, cb, sl in zip(cfg.profiles, codebooks, slices):
-        codes, dist = assign_chunked(theta, sl, cb.detach().float().cpu().numpy())
-        cols[spec.name] = pl.Series(codes, dtype=pl.Int32)
-        cols[f"dist_{spec.name}"] = pl.Series(dist, dtype=pl.Float32)
-    return pl.DataFrame(cols)
-
-
+CURVE_FIELDS = ("epoch", "phase", "train_llm", "train_vec", "train_rec", "grad_llm", "grad_vec",
+                "grad_rec", "gamma", "valid_llm", "reseeded", "history_coverage")
 def nearest_tokens(vectors: torch.Tensor, embeddings: torch.Tensor, tokenizer,
                    top: int = 5) -> list[list[dict]]:
     """For each (n_tokens, d) vector group: the vocabulary tokens nearest by cosine.
@@ -156,8 +113,7 @@ def publish(out_dir: Path, *, theta: torch.Tensor, user_ids: list[str], codebook
             tmp / SURROGATE_ITEMS)  # row r = the surrogate's item embedding row r
         codes.write_parquet(tmp / CODES)
         with open(tmp / "curves.csv", "w", newline="") as fh:
-            fields = ["epoch", "phase", "train_llm", "train_vec", "train_rec", "valid_llm",
-                      "reseeded"]
+            fields = list(CURVE_FIELDS)
             writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
             writer.writerows({k: ("" if isinstance(v, float) and v != v else v)

@@ -14,9 +14,19 @@ import torch
 INIT_CHUNK = 4096  # rows drawn per generator seed, so a shard draws exactly its rows' values
 
 
+def shared_init(n_rows: int, n_tokens: int, embeddings: torch.Tensor,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Every θ row starts at the LM's mean input embedding: differences between users
+    then come from their data alone, not from where their random start happened to be."""
+    mean = embeddings.detach().float().cpu().mean(0)
+    n = n_rows if rows is None else len(rows)
+    return mean.expand(n, n_tokens, -1).clone()
+
+
 def embedding_init(n_rows: int, n_tokens: int, embeddings: torch.Tensor, seed: int,
                    rows: torch.Tensor | None = None) -> torch.Tensor:
-    """θ ~ N(mean, std) per dimension of the LM's input embedding matrix, seeded per chunk.
+    """θ ~ N(mean, std) per dimension of the LM's input embedding matrix, seeded per chunk
+    (the ``theta_init: random`` ablation).
 
     ``rows`` (global row ids) selects a shard; a row's value does not depend on the shard.
     """

@@ -1,57 +1,47 @@
-"""EM training of the per-user soft tokens (Algorithm 1), with checkpoints and resume.
+"""EM training of the per-user soft tokens (Algorithm 1): the loop, its steps, validation.
 
-Epochs ``0 .. warmup_epochs-1`` minimise ℓ_llm only; then the codebooks are
-initialised by FAISS k-means on θ and the joint loss of Eq. 7 is minimised until the
-validation LM loss stops improving for ``patience`` epochs (at least one) or
-``max_epochs`` joint epochs ran. Only θ rows of the batch, the codebooks and the
-surrogate are trained; the LM is frozen.
+Epochs ``0 .. warmup_epochs-1`` minimise ℓ_llm only. Then the codebooks are initialised
+by FAISS k-means on θ, the surrogate DCN is warmed on every train interaction with those
+codes, and the joint loss of Eq. 7 is minimised until the validation LM loss stops
+improving for ``patience`` epochs (at least one) or ``max_epochs`` joint epochs ran.
+Each visit of a user trains θ on the next window of their train history.
 
-Each joint epoch ends with the codebook collapse guard (dead codes re-seeded, see
-``codebooks``) and the validation LM loss. The joint epoch with the lowest one is
-snapshotted to ``best.*.pt`` beside the checkpoints (θ is too large for a second copy
-in memory) and restored when training ends, so the published profile is the best
-epoch's, not the last one's.
+A joint step takes each term's gradient on θ separately (only ℓ_llm runs the LM
+backward; ℓ_vec and ℓ_rec are cheap) and, with ``rec_grad_share``, sets γ so that ℓ_rec
+carries that share of θ's gradient: under Adam a fixed small γ leaves ℓ_rec at ~1e-4 of
+the update. The norms and γ go to curves.csv. Codebooks follow θ by EMA updates.
+
+Each joint epoch ends with the collapse guard and the validation LM loss; the best joint
+epoch is snapshotted (``best``) and restored at the end, so the published profile is
+the best epoch's, not the last one's. ``state`` checkpoints let a killed run resume.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from profile_infer import distributed as dd
-from profile_infer.codebooks import kmeans_codebook, reseed_dead_codes
+from profile_infer.checkpoint import Checkpointer
+from profile_infer.codebooks import (EMACodebook, assign_chunked, kmeans_codebook,
+                                     nearest_codes, reseed_dead_codes)
 from profile_infer.data import ProfileData
 from profile_infer.prompt import PromptLayout, pad_targets, target_nll
-from profile_infer.surrogate import (SurrogateDCN, nearest_codes, rec_loss_sum,
-                                     straight_through, vq_loss)
-from profile_infer.theta import RowAdamW, embedding_init
+from profile_infer.state import Progress, TrainState
+from profile_infer.surrogate import SurrogateDCN, commitment, rec_loss_sum, straight_through
+from profile_infer.theta import RowAdamW, embedding_init, shared_init
 from userip.config import ProfileConfig
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Progress:
-    """Where training is; saved in every checkpoint."""
-
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0
-    codebooks_ready: bool = False
-    best_valid: float = float("inf")
-    best_epoch: int = -1  # joint epoch saved in the best snapshot; -1 = none yet
-    bad_epochs: int = 0
-    reseeded: dict[str, int] = field(default_factory=dict)  # dead codes re-seeded, per profile
-    done: bool = False
-    sums: dict[str, float] = field(default_factory=dict)
-    curves: list[dict] = field(default_factory=list)
+SUMS = ("llm", "vec", "rec", "n_inter", "grad_llm", "grad_vec", "grad_rec", "gamma", "batches")
+SURROGATE_BATCH = 4096  # interactions per surrogate warm-up step
 
 
 @dataclass
@@ -60,51 +50,66 @@ class Prior:
 
     codebooks: list[torch.Tensor]
     surrogate_state: dict[str, torch.Tensor]
-    n_surrogate_users: int
     theta: torch.Tensor | None  # (rows, T, d) warm start for the rows being refreshed, NaN = new
 
 
 class Trainer:
     def __init__(self, cfg: ProfileConfig, lm, layout: PromptLayout, data: ProfileData,
                  device: torch.device, pad_id: int, fingerprint: str, ckpt_dir: Path,
-                 prior: Prior | None = None, user_keys: np.ndarray | None = None) -> None:
+                 prior: Prior | None = None) -> None:
         self.cfg, self.lm, self.layout, self.data, self.device = cfg, lm, layout, data, device
-        self.lm_pad, self.fingerprint, self.ckpt_dir = pad_id, fingerprint, ckpt_dir
+        self.lm_pad = pad_id
         self.frozen = prior is not None
         self.rank, self.world = dd.world()
         self.n_rows = len(data.user_ids)
         self.rows = torch.arange(self.rank, self.n_rows, self.world)  # owned global rows
-        self.user_keys = np.arange(self.n_rows) if user_keys is None else user_keys
         emb = lm.get_input_embeddings().weight
         self.n_tokens = sum(p.n_tokens for p in cfg.profiles)
         self.dim = emb.shape[1]
-        theta = embedding_init(self.n_rows, self.n_tokens, emb, cfg.seed, self.rows)
+        if cfg.theta_init == "shared":
+            theta = shared_init(self.n_rows, self.n_tokens, emb, self.rows)
+        else:
+            theta = embedding_init(self.n_rows, self.n_tokens, emb, cfg.seed, self.rows)
         if prior is not None and prior.theta is not None:
             warm = prior.theta[self.rows]
             known = ~torch.isnan(warm).flatten(1).any(1)
             theta[known] = warm[known]
-        self.theta = theta
-        self.opt_theta = RowAdamW(self.theta, cfg.lr, cfg.weight_decay)
         flat_dims = [p.n_tokens * self.dim for p in cfg.profiles]
         torch.manual_seed(cfg.seed)
-        n_sur_users = prior.n_surrogate_users if prior else self.n_rows
-        self.surrogate = SurrogateDCN(len(data.item_ids), flat_dims, n_sur_users).to(device)
-        self.codebooks = [torch.zeros(p.codebook_size, d, device=device, requires_grad=True)
-                          for p, d in zip(cfg.profiles, flat_dims)]
-        self.progress = Progress()
+        surrogate = SurrogateDCN(len(data.item_ids), flat_dims).to(device)
+        self.state = TrainState(
+            theta, RowAdamW(theta, cfg.lr, cfg.weight_decay),
+            [EMACodebook(p.codebook_size, d, cfg.codebook_decay, device)
+             for p, d in zip(cfg.profiles, flat_dims)],
+            surrogate, torch.optim.Adam(surrogate.parameters(), lr=cfg.surrogate_lr))
         if prior is not None:
-            self.surrogate.load_state_dict(prior.surrogate_state)
-            with torch.no_grad():
-                for cb, v in zip(self.codebooks, prior.codebooks):
-                    cb.copy_(v)
-            self.surrogate.requires_grad_(False)
-            for cb in self.codebooks:
-                cb.requires_grad_(False)
-            self.progress.codebooks_ready = True
-        self.shared = list(self.surrogate.parameters()) + self.codebooks
-        self.opt_shared = torch.optim.Adam(self.shared, lr=cfg.lr)
+            surrogate.load_state_dict(prior.surrogate_state)
+            surrogate.requires_grad_(False)
+            for cb, v in zip(self.state.codebooks, prior.codebooks):
+                cb.reset(v.to(device), torch.ones(len(v), dtype=torch.float64))
+            self.state.progress.codebooks_ready = True
+        self.ckpt = Checkpointer(ckpt_dir, fingerprint, self.rank, self.world)
 
-    # ---- one global batch -------------------------------------------------------------
+    # ---- views ------------------------------------------------------------------------
+    @property
+    def progress(self) -> Progress:
+        return self.state.progress
+
+    @property
+    def theta(self) -> torch.Tensor:
+        return self.state.theta
+
+    @property
+    def codebooks(self) -> list[torch.Tensor]:
+        return [cb.vectors for cb in self.state.codebooks]
+
+    @property
+    def surrogate(self) -> SurrogateDCN:
+        return self.state.surrogate
+
+    def full_theta(self) -> torch.Tensor:
+        return dd.gather_rows(self.state.theta, self.n_rows)
+
     def _split(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's part of a global batch: (global rows, local table indices)."""
         mine = rows[rows % self.world == self.rank]
@@ -113,115 +118,199 @@ class Trainer:
     def _profile_flat(self, theta: torch.Tensor) -> list[torch.Tensor]:
         return [theta[:, s].reshape(len(theta), -1) for s in self.layout.profile_slices]
 
+    # ---- one global batch -------------------------------------------------------------
     def train_step(self, batch_rows: torch.Tensor, joint: bool) -> dict[str, float]:
-        cfg = self.cfg
+        cfg, st = self.cfg, self.state
         g = len(batch_rows)
         rows, local = self._split(batch_rows)
-        theta = self.theta[local].to(self.device).requires_grad_(True)
-        sums = torch.zeros(4, dtype=torch.float64)  # llm, vec, rec, n_interactions
-        loss = torch.zeros((), device=self.device)
+        theta = st.theta[local].to(self.device).requires_grad_(True)
+        out = dict.fromkeys(SUMS, 0.0)
+        out["batches"] = float(len(rows) > 0)
+        grad = torch.zeros_like(theta)
         if len(rows):
-            ids, real = pad_targets([self.data.targets[r] for r in rows.tolist()],
-                                    self.lm_pad)
+            ids, real = pad_targets([self.data.window(r, self.progress.epoch)
+                                     for r in rows.tolist()], self.lm_pad)
             nll, counts = target_nll(self.lm, self.layout, theta, ids, real)
             per_user = nll / counts
-            loss = per_user.sum() / g
-            sums[0] = per_user.sum().item()
+            (grad_llm,) = torch.autograd.grad(per_user.sum() / g, theta)
+            grad += grad_llm
+            out["llm"], out["grad_llm"] = per_user.sum().item(), grad_llm.norm().item()
         if joint:
-            rec_sum, vec_total, n_inter = self._joint_terms(theta, rows)
-            n_global = dd.all_sum(torch.tensor([n_inter], dtype=torch.float64)).item()
-            loss = loss + cfg.alpha * vec_total / g + cfg.gamma * rec_sum / max(n_global, 1.0)
-            sums[1], sums[2], sums[3] = float(vec_total.detach()), float(rec_sum.detach()), n_inter
-        if self.shared_trainable(joint):
-            self.opt_shared.zero_grad(set_to_none=True)
-        if loss.requires_grad:
-            loss.backward()
+            self._joint(theta, rows, g, grad, out)
         if len(rows):
-            self.opt_theta.step(local, theta.grad.cpu())
-        if self.shared_trainable(joint):
-            dd.all_sum_grads(self.shared)
-            self.opt_shared.step()
-        return dict(zip(("llm", "vec", "rec", "n_inter"), sums.tolist()))
+            st.opt_theta.step(local, grad.cpu())
+        return out
 
-    def shared_trainable(self, joint: bool) -> bool:
-        return joint and not self.frozen
+    def _joint(self, theta: torch.Tensor, rows: torch.Tensor, g: int, grad: torch.Tensor,
+               out: dict[str, float]) -> None:
+        """Add α·∇ℓ_vec + γ·∇ℓ_rec to ``grad``; step the surrogate; move the codebooks.
 
-    def _joint_terms(self, theta: torch.Tensor, rows: torch.Tensor):
-        if not len(rows):
-            return torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
+        Every rank calls the same collectives in the same order, with or without rows.
+        """
+        cfg, st = self.cfg, self.state
         flats = self._profile_flat(theta)
-        quantized, vec = [], torch.zeros((), device=self.device)
-        for flat, cb in zip(flats, self.codebooks):
-            codes = nearest_codes(flat.detach(), cb.detach())
-            vec = vec + vq_loss(flat, cb, codes, self.cfg.beta).sum()
-            quantized.append(straight_through(flat, cb, codes))
+        codes = [nearest_codes(f.detach(), cb.vectors) for f, cb in zip(flats, st.codebooks)]
         pos, items, labels = self.data.interactions(rows.numpy())
-        if not len(items):
-            return torch.zeros((), device=self.device), vec, 0
-        pos_t = torch.as_tensor(pos, device=self.device)
-        keys = torch.as_tensor(self.user_keys[rows.numpy()][pos], device=self.device)
-        rec = rec_loss_sum(self.surrogate, keys, torch.as_tensor(items, device=self.device),
-                           torch.as_tensor(labels, device=self.device),
-                           [q.float()[pos_t] for q in quantized])
-        return rec, vec, len(items)
+        n_global = dd.all_sum(torch.tensor([len(items)], dtype=torch.float64)).item()
+        trainable = not self.frozen
+        params = list(self.surrogate.parameters()) if trainable else []
+        if trainable:
+            st.opt_surrogate.zero_grad(set_to_none=True)
+        if len(rows):
+            vec = sum(commitment(f, cb.vectors, c).sum() for f, cb, c in zip(flats, st.codebooks, codes))
+            (grad_vec,) = torch.autograd.grad(cfg.beta * vec / g, theta)
+            out["vec"], out["grad_vec"] = vec.item(), grad_vec.norm().item()
+            grad += cfg.alpha * grad_vec
+        grad_rec = torch.zeros_like(grad)
+        if len(items):
+            pos_t = torch.as_tensor(pos, device=self.device)
+            quantized = [straight_through(f, cb.vectors, c)[pos_t]
+                         for f, cb, c in zip(flats, st.codebooks, codes)]
+            rec_sum = rec_loss_sum(self.surrogate, torch.as_tensor(items, device=self.device),
+                                   torch.as_tensor(labels, device=self.device), quantized)
+            got = torch.autograd.grad(rec_sum / max(n_global, 1.0), [theta, *params])
+            grad_rec = got[0]
+            for p, pg in zip(params, got[1:]):
+                p.grad = pg
+            out |= {"rec": rec_sum.item(), "n_inter": float(len(items)),
+                    "grad_rec": grad_rec.norm().item()}
+        # γ from the global batch's norms, so N processes take the steps one process would
+        norms = dd.all_sum(torch.stack([grad.pow(2).sum(), grad_rec.pow(2).sum()]).double().cpu())
+        gamma = self._gamma(float(norms[0].sqrt()), float(norms[1].sqrt()))
+        grad += gamma * grad_rec
+        out["gamma"] = gamma * out["batches"]
+        if trainable:
+            dd.all_sum_grads(params)
+            st.opt_surrogate.step()
+            for f, cb, c in zip(flats, st.codebooks, codes):
+                cb.update(f.detach(), c)
 
-    # ---- validation, codebook init ----------------------------------------------------
+    def _gamma(self, other_norm: float, rec_norm: float) -> float:
+        """γ: fixed, or chosen so that γ·|∇ℓ_rec| is ``rec_grad_share`` of θ's gradient."""
+        share = self.cfg.rec_grad_share
+        if share is None or rec_norm == 0.0:
+            return self.cfg.gamma
+        return share / (1.0 - share) * other_norm / rec_norm
+
+    # ---- validation -------------------------------------------------------------------
     @torch.no_grad()
+    def per_user_nll(self, theta: torch.Tensor, targets: list[list[int]]) -> np.ndarray:
+        """Mean target NLL per row of ``theta`` (n, T, d) on ``targets`` (n lists of ids)."""
+        out = np.empty(len(targets))
+        step = 2 * self.cfg.batch_size
+        for i in range(0, len(targets), step):
+            ids, real = pad_targets(targets[i: i + step], self.lm_pad)
+            nll, counts = target_nll(self.lm, self.layout, theta[i: i + step].to(self.device),
+                                     ids, real)
+            out[i: i + step] = (nll / counts).cpu().numpy()
+        return out
+
     def valid_loss(self) -> float:
         vr = self.data.valid_rows
         if not len(vr):
             return float("nan")
-        order = np.arange(len(vr))
-        mine = order[vr % self.world == self.rank]
-        total = torch.zeros(2, dtype=torch.float64)
-        for i in range(0, len(mine), self.cfg.batch_size):
-            part = mine[i: i + self.cfg.batch_size]
-            rows = torch.as_tensor(vr[part])
-            theta = self.theta[rows // self.world].to(self.device)
-            ids, real = pad_targets([self.data.valid_targets[j] for j in part], self.lm_pad)
-            nll, counts = target_nll(self.lm, self.layout, theta, ids, real)
-            total[0] += (nll / counts).sum().item()
-            total[1] += len(part)
-        total = dd.all_sum(total)
+        mine = np.flatnonzero(vr % self.world == self.rank)
+        nll = self.per_user_nll(self.state.theta[torch.as_tensor(vr[mine] // self.world)],
+                                [self.data.valid_targets[j] for j in mine])
+        total = dd.all_sum(torch.tensor([nll.sum(), len(mine)], dtype=torch.float64))
         return float(total[0] / total[1])
 
-    def full_theta(self) -> torch.Tensor:
-        return dd.gather_rows(self.theta, self.n_rows)
+    # ---- codebook init, surrogate warm-up, guard -------------------------------------
+    def _assigned_counts(self, full: torch.Tensor, m: int, book: torch.Tensor) -> torch.Tensor:
+        """Users per code of ``book`` over all θ, scaled to one batch (the EMA's scale)."""
+        codes, _ = assign_chunked(full, self.layout.profile_slices[m], book.cpu().numpy())
+        n = np.bincount(codes, minlength=len(book)).astype(np.float64)
+        return torch.from_numpy(n * self.cfg.batch_size / max(len(full), 1))
 
     def init_codebooks(self) -> None:
         full = self.full_theta()
-        for m, (spec, cb) in enumerate(zip(self.cfg.profiles, self.codebooks)):
+        for m, (spec, cb) in enumerate(zip(self.cfg.profiles, self.state.codebooks)):
             flat = full[:, self.layout.profile_slices[m]].reshape(self.n_rows, -1)
-            cents = torch.zeros(tuple(cb.shape))
+            cents = torch.zeros(tuple(cb.vectors.shape))
             if self.rank == 0:  # one k-means, broadcast: ranks cannot disagree on codebooks
                 cents = torch.from_numpy(kmeans_codebook(flat.numpy(), spec.codebook_size,
                                                          self.cfg.seed + m))
-            with torch.no_grad():
-                cb.copy_(dd.broadcast(cents).to(self.device))
+            cents = dd.broadcast(cents)
+            cb.reset(cents.to(self.device), self._assigned_counts(full, m, cents).to(self.device))
         self.progress.codebooks_ready = True
         log.info("codebooks initialised by k-means on θ (%s)",
                  ", ".join(f"{p.name}: K={p.codebook_size}" for p in self.cfg.profiles))
+        self.warm_surrogate(full)
+
+    def warm_surrogate(self, full: torch.Tensor) -> None:
+        """Fit the surrogate on every train interaction, users fed their current code
+        vectors, so ℓ_rec's first joint gradients come from a model that predicts.
+
+        Every rank runs the same fit on the same (gathered) data, so the surrogate and
+        its optimizer state agree across ranks without a broadcast."""
+        cfg, pr, model, opt = self.cfg, self.progress, self.surrogate, self.state.opt_surrogate
+        pos, items, labels = self.data.interactions(np.arange(self.n_rows))
+        if not len(items):
+            return
+        vectors = []
+        for m, cb in enumerate(self.state.codebooks):
+            codes, _ = assign_chunked(full, self.layout.profile_slices[m], cb.vectors.cpu().numpy())
+            vectors.append(cb.vectors[torch.as_tensor(codes, dtype=torch.long)])
+        items_t = torch.as_tensor(items, device=self.device)
+        labels_t = torch.as_tensor(labels, device=self.device).float()
+        pos_t = torch.as_tensor(pos, device=self.device)
+
+        def loss(s: torch.Tensor) -> torch.Tensor:
+            return rec_loss_sum(model, items_t[s], labels_t[s], [v[pos_t[s]] for v in vectors])
+
+        def bce() -> float:
+            with torch.no_grad():
+                return sum(loss(s).item() for s in torch.split(torch.arange(len(items_t)),
+                                                               SURROGATE_BATCH)) / len(items_t)
+
+        rate = labels_t.mean()
+        const = F.binary_cross_entropy(rate.expand_as(labels_t), labels_t).item()
+        before = bce()
+        gen = torch.Generator().manual_seed(cfg.seed)
+        for _ in range(cfg.surrogate_warmup_epochs):
+            for s in torch.split(torch.randperm(len(items_t), generator=gen), SURROGATE_BATCH):
+                opt.zero_grad(set_to_none=True)
+                (loss(s) / len(s)).backward()
+                opt.step()
+        pr.surrogate_warmup = {"bce_before": before, "bce_after": bce(), "bce_constant": const,
+                               "epochs": float(cfg.surrogate_warmup_epochs)}
+        log.info("surrogate warmed on %d train interactions: BCE %.4f -> %.4f (constant "
+                 "predictor %.4f)", len(items_t), before, pr.surrogate_warmup["bce_after"], const)
+
+    def guard_codebooks(self) -> int:
+        """Re-seed dead codes (rank 0 decides, all ranks copy); returns how many."""
+        full = self.full_theta()
+        total = 0
+        for m, (spec, cb) in enumerate(zip(self.cfg.profiles, self.state.codebooks)):
+            book = cb.vectors.detach().cpu()
+            flag = torch.zeros(len(book), dtype=torch.int64)  # gloo cannot broadcast bool
+            if self.rank == 0:
+                new, ids = reseed_dead_codes(full, self.layout.profile_slices[m], book.numpy(),
+                                             self.cfg.dead_code_share, self.cfg.seed)
+                book, flag[ids] = torch.from_numpy(new), 1
+            book, fresh = dd.broadcast(book.contiguous()), dd.broadcast(flag).bool()
+            n = int(fresh.sum())
+            if not n:
+                continue
+            cb.reset(book.to(self.device), self._assigned_counts(full, m, book).to(self.device))
+            self.progress.reseeded[spec.name] = self.progress.reseeded.get(spec.name, 0) + n
+            total += n
+            log.warning("profile %s: re-seeded %d dead code(s) %s by splitting the code "
+                        "with the most users", spec.name, n, fresh.nonzero()[:, 0].tolist())
+        return total
 
     # ---- checkpoints ------------------------------------------------------------------
-    def _ckpt_path(self) -> Path:
-        return self.ckpt_dir / f"state.rank{self.rank}of{self.world}.pt"
+    def save_checkpoint(self) -> None:
+        self.ckpt.save("state", self.state.state_dict())
 
-    def _best_path(self) -> Path:
-        return self.ckpt_dir / f"best.rank{self.rank}of{self.world}.pt"
-
-    def _atomic_save(self, state: dict, path: Path) -> None:
-        """Write to a temp file and rename: a kill never leaves a torn file at ``path``."""
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-
-    def save_best(self) -> None:
-        """Snapshot what gets published (θ, codebooks, surrogate) of the current epoch."""
-        self._atomic_save({"fingerprint": self.fingerprint, "epoch": self.progress.epoch,
-                           "theta": self.theta,
-                           "codebooks": [cb.detach().cpu() for cb in self.codebooks],
-                           "surrogate": self.surrogate.state_dict()}, self._best_path())
+    def try_resume(self) -> bool:
+        state = self.ckpt.load("state")
+        if state is None:
+            return False
+        self.state.load_state_dict(state)
+        log.info("resumed from %s at epoch %d batch %d", self.ckpt.path("state"),
+                 self.progress.epoch, self.progress.batch)
+        return True
 
     def restore_best(self) -> None:
         """Load the best joint epoch's snapshot unless the last epoch run is that epoch.
@@ -231,54 +320,13 @@ class Trainer:
         pr = self.progress
         if pr.best_epoch < 0 or pr.best_epoch == pr.epoch - 1:
             return
-        path = self._best_path()
-        state = torch.load(path, mmap=True, weights_only=True) if path.is_file() else None
-        if state is None or state["fingerprint"] != self.fingerprint \
-                or state["epoch"] != pr.best_epoch:
-            raise RuntimeError(f"{path}: no snapshot of the best epoch {pr.best_epoch}; "
-                               f"delete {self.ckpt_dir} and run again")
-        self.theta.copy_(state["theta"])
-        with torch.no_grad():
-            for cb, saved in zip(self.codebooks, state["codebooks"]):
-                cb.copy_(saved)
-        self.surrogate.load_state_dict(state["surrogate"])
+        state = self.ckpt.load("best", mmap=True)
+        if state is None or state["epoch"] != pr.best_epoch:
+            raise RuntimeError(f"{self.ckpt.path('best')}: no snapshot of the best epoch "
+                               f"{pr.best_epoch}; delete {self.ckpt.dir} and run again")
+        self.state.load_state_dict(state)
         log.info("restored the best epoch %d (validation LM loss %.4f) over the last one, %d",
                  pr.best_epoch, pr.best_valid, pr.epoch - 1)
-
-    def save_checkpoint(self) -> None:
-        state = {
-            "fingerprint": self.fingerprint, "theta": self.theta,
-            "opt_theta": self.opt_theta.state_dict(),
-            "codebooks": [cb.detach().cpu() for cb in self.codebooks],
-            "surrogate": self.surrogate.state_dict(), "opt_shared": self.opt_shared.state_dict(),
-            "progress": self.progress.__dict__,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                    "python": random.getstate()},
-        }
-        self._atomic_save(state, self._ckpt_path())
-
-    def try_resume(self) -> bool:
-        path = self._ckpt_path()
-        if not path.is_file():
-            return False
-        state = torch.load(path, weights_only=False)
-        if state["fingerprint"] != self.fingerprint:
-            log.warning("%s belongs to other settings or data; starting afresh", path)
-            return False
-        self.theta.copy_(state["theta"])
-        self.opt_theta.load_state_dict(state["opt_theta"])
-        with torch.no_grad():
-            for cb, saved in zip(self.codebooks, state["codebooks"]):
-                cb.copy_(saved)
-        self.surrogate.load_state_dict(state["surrogate"])
-        self.opt_shared.load_state_dict(state["opt_shared"])
-        self.progress = Progress(**state["progress"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        log.info("resumed from %s at epoch %d batch %d", path, self.progress.epoch,
-                 self.progress.batch)
-        return True
 
     # ---- the EM loop ------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
@@ -291,9 +339,7 @@ class Trainer:
         warmup = 0 if self.frozen else cfg.warmup_epochs
         total_epochs = warmup + cfg.max_epochs
         if not pr.curves and pr.step == 0:  # the starting point of the validation curve
-            pr.curves.append({"epoch": -1, "phase": "init", "train_llm": float("nan"),
-                              "train_vec": float("nan"), "train_rec": float("nan"),
-                              "valid_llm": self.valid_loss(), "reseeded": float("nan")})
+            pr.curves.append({"epoch": -1, "phase": "init", "valid_llm": self.valid_loss()})
         while not pr.done and pr.epoch < total_epochs:
             joint = pr.epoch >= warmup
             if joint and not pr.codebooks_ready:
@@ -318,50 +364,30 @@ class Trainer:
         self.restore_best()
         return pr
 
-    def guard_codebooks(self) -> int:
-        """Re-seed dead codes (rank 0 decides, all ranks copy); returns how many."""
-        full = self.full_theta()
-        total = 0
-        for m, (spec, cb) in enumerate(zip(self.cfg.profiles, self.codebooks)):
-            book = cb.detach().cpu()
-            flag = torch.zeros(len(book), dtype=torch.int64)  # gloo cannot broadcast bool
-            if self.rank == 0:
-                new, ids = reseed_dead_codes(full, self.layout.profile_slices[m], book.numpy(),
-                                             self.cfg.dead_code_share, self.cfg.seed)
-                book, flag[ids] = torch.from_numpy(new), 1
-            book, fresh = dd.broadcast(book.contiguous()), dd.broadcast(flag).bool()
-            n = int(fresh.sum())
-            if not n:
-                continue
-            with torch.no_grad():
-                cb.copy_(book.to(self.device))
-            state = self.opt_shared.state.get(cb, {})
-            for key in ("exp_avg", "exp_avg_sq"):  # a re-seeded code starts without momentum
-                if key in state:
-                    state[key][fresh.to(state[key].device)] = 0.0
-            self.progress.reseeded[spec.name] = self.progress.reseeded.get(spec.name, 0) + n
-            total += n
-            log.warning("profile %s: re-seeded %d dead code(s) %s by splitting the code "
-                        "with the most users", spec.name, n, fresh.nonzero()[:, 0].tolist())
-        return total
-
     def _end_epoch(self, joint: bool) -> None:
         pr = self.progress
-        keys = ("llm", "vec", "rec", "n_inter")
-        tot = dd.all_sum(torch.tensor([pr.sums.get(k, 0.0) for k in keys], dtype=torch.float64))
+        tot = dict(zip(SUMS, dd.all_sum(torch.tensor([pr.sums.get(k, 0.0) for k in SUMS],
+                                                     dtype=torch.float64)).tolist()))
         reseeded = self.guard_codebooks() if joint and not self.frozen else float("nan")
         valid = self.valid_loss()
+        per_batch = max(tot["batches"], 1.0)  # summed over ranks: norms are per rank and batch
+        nan = float("nan")
         row = {"epoch": pr.epoch, "phase": "joint" if joint else "warmup",
-               "train_llm": float(tot[0] / self.n_rows),
-               "train_vec": float(tot[1] / self.n_rows) if joint else float("nan"),
-               "train_rec": float(tot[2] / max(tot[3].item(), 1.0)) if joint else float("nan"),
-               "valid_llm": valid, "reseeded": reseeded}
+               "train_llm": tot["llm"] / self.n_rows,
+               "train_vec": tot["vec"] / self.n_rows if joint else nan,
+               "train_rec": tot["rec"] / max(tot["n_inter"], 1.0) if joint else nan,
+               "grad_llm": tot["grad_llm"] / per_batch,
+               "grad_vec": tot["grad_vec"] / per_batch if joint else nan,
+               "grad_rec": tot["grad_rec"] / per_batch if joint else nan,
+               "gamma": tot["gamma"] / per_batch if joint else nan,
+               "valid_llm": valid, "reseeded": reseeded,
+               "history_coverage": self.data.coverage(pr.epoch + 1)}
         pr.curves.append(row)
         log.info("epoch %d done: %s", pr.epoch, row)
         if joint and not np.isnan(valid):
             if valid < pr.best_valid - 1e-6:
                 pr.best_valid, pr.best_epoch, pr.bad_epochs = valid, pr.epoch, 0
-                self.save_best()
+                self.ckpt.save("best", self.state.state_dict(optimizers=False))
             else:
                 pr.bad_epochs += 1
                 if pr.bad_epochs >= max(self.cfg.patience, 1):

@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.decomposition import PCA
 
-from profile_infer.outputs import assign_codes
+from profile_infer.codebooks import assign_codes
 from profile_infer.codebooks import kmeans_codebook
 
 

@@ -22,5 +22,5 @@ def ml100k_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ml100k_small_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 40 MovieLens-100K users with short behaviour texts: real data, tiny runs."""
     out = tmp_path_factory.mktemp("ml100k_small") / "data"
-    prepare(PrepareConfig(source="movielens-100k", max_users=40, behaviour_max_chars=200), out)
+    prepare(PrepareConfig(source="movielens-100k", max_users=40), out)
     return out

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from dataprep.behaviour import behaviour_text
 from profile_infer.model_loading import materialize_embedded
 
 
@@ -53,17 +54,16 @@ def write_data_dir(path: Path, n_users: int = 12, seed: int = 0,
         pl.col("label").cast(pl.Int8), pl.col("review").cast(pl.String))
     inter.write_parquet(path / "interactions.parquet")
 
-    def texts(split: str) -> pl.DataFrame:
-        part = (inter.filter(pl.col("split") == split).sort("user_idx", "ts")
-                .with_columns(pl.col("item_idx").replace_strict(
-                    list(range(len(TITLES))), TITLES, return_dtype=pl.String).alias("title")))
-        return part.group_by("user_id", "user_idx", maintain_order=True).agg(
-            pl.col("title").str.join("; ").alias("text"))
-
-    beh = texts("train")
+    items = pl.DataFrame({"item_idx": list(range(len(TITLES))), "title": TITLES,
+                          "categories": [None] * len(TITLES), "brand": [None] * len(TITLES)},
+                         schema={"item_idx": pl.Int32, "title": pl.String,
+                                 "categories": pl.String, "brand": pl.String})
+    args = dict(label_threshold=4.0, feedback=True, review_words=8)  # the dataprep writer
+    beh = behaviour_text(inter, items, "train", **args)
     if empty_text_users:
         beh = beh.with_columns(pl.when(pl.col("user_idx") < empty_text_users)
-                               .then(pl.lit("")).otherwise(pl.col("text")).alias("text"))
+                               .then(pl.lit([], dtype=pl.List(pl.String)))
+                               .otherwise(pl.col("items")).alias("items"))
     beh.write_parquet(path / "behaviour.parquet")
-    texts("valid").write_parquet(path / "behaviour_valid.parquet")
+    behaviour_text(inter, items, "valid", **args).write_parquet(path / "behaviour_valid.parquet")
     return path

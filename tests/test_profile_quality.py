@@ -15,7 +15,7 @@ import torch
 
 from profile_infer import infer
 from profile_infer.codebooks import reseed_dead_codes
-from profile_infer.outputs import assign_chunked
+from profile_infer.codebooks import assign_chunked
 from profile_infer.describe import describe_codes
 from profile_infer.outputs import load_published
 from tests.profile_fixtures import write_data_dir, write_tiny_llama
@@ -29,10 +29,11 @@ def tiny(tmp_path_factory):
 
 def test_published_profile_is_the_best_epoch_not_the_last(tiny, tmp_path):
     data = write_data_dir(tmp_path / "data", n_users=12)
-    # lr 1.0 on the tiny model: the first joint epoch lowers the validation LM loss, the
-    # second raises it again (checked below), and patience 1 stops the run after it.
+    # lr 1.0 and ℓ_rec at 90% of θ's gradient on the tiny model: each joint epoch trades
+    # LM loss for ℓ_rec, so the second one raises the validation LM loss (checked below)
+    # and patience 1 stops the run after it.
     base = dict(model=str(tiny), max_target_tokens=16, batch_size=4, warmup_epochs=1,
-                patience=1, checkpoint_every=2, explain_users=0, lr=1.0)
+                patience=1, checkpoint_every=2, explain_users=0, lr=1.0, rec_grad_share=0.9)
     run = load_published(infer(ProfileConfig(**base, max_epochs=3), data, tmp_path / "run"))
     valid = {int(r["epoch"]): r["valid_llm"] for r in run["curves"]}
     assert run["meta"]["epochs_run"] == 3 and valid[2] > valid[1], "construction changed"

@@ -20,8 +20,8 @@ def test_refresh_on_a_new_dump(tmp_path: Path) -> None:
     cfg = ProfileConfig(model=str(write_tiny_llama(tmp_path / "llama")), max_target_tokens=12,
                         batch_size=4, warmup_epochs=1, max_epochs=2, explain_users=1)
     old, new = tmp_path / "old", tmp_path / "new"
-    prepare(PrepareConfig(source="movielens-100k", max_users=8, behaviour_max_chars=120), old)
-    prepare(PrepareConfig(source="movielens-100k", max_users=11, behaviour_max_chars=120), new)
+    prepare(PrepareConfig(source="movielens-100k", max_users=8), old)
+    prepare(PrepareConfig(source="movielens-100k", max_users=11), new)
     # the new dump indexes items differently: a frozen surrogate must follow item ids
     items = lambda d: dict(pl.read_parquet(d / "items.parquet").select("item_id", "item_idx").iter_rows())
     assert items(old) != {k: v for k, v in items(new).items() if k in items(old)}

@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 import torch
 
-from profile_infer.outputs import codes_frame, publish
+from profile_infer.codebooks import codes_frame
+from profile_infer.outputs import publish
 from quantize import quantize
 from userip.cli import main as cli_main
 from userip.config import ProfileConfig, QuantizeConfig
@@ -27,7 +28,7 @@ def profile_dir(tmp_path):
     codebooks = [torch.tensor(rng.normal(size=(4, 8)), dtype=torch.float32),
                  torch.tensor(rng.normal(size=(3, 8)), dtype=torch.float32)]
     ids = [f"u{i:02d}" for i in range(60)]
-    codes = codes_frame(ids, theta, codebooks, cfg, (slice(0, 1), slice(1, 2)))
+    codes = codes_frame(ids, theta, codebooks, [p.name for p in cfg.profiles], (slice(0, 1), slice(1, 2)))
     meta = {"profiles": [{"name": "hobby", "K": 4, "n_tokens": 1},
                          {"name": "background", "K": 3, "n_tokens": 1}]}
     return publish(tmp_path / "profile", theta=theta, user_ids=ids, codebooks=codebooks,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Source = Literal[
     "amazon2014", "amazon2018", "amazon2023", "yelp", "movielens-100k", "movielens-1m"
@@ -42,7 +42,8 @@ class PrepareConfig(Section):
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 42
     max_reject_ratio: float = Field(0.01, ge=0.0, le=1.0)
-    behaviour_max_chars: int = Field(600, ge=32)
+    behaviour_review_words: int = Field(
+        8, ge=0, description="behaviour text: first words of each review kept after the item (0: none)")
     max_users: int | None = Field(None, ge=1, description="keep only the first N users (by id) after k-core; for quick runs")
 
     @field_validator("split_ratios")
@@ -71,9 +72,21 @@ class ProfileConfig(Section):
     batch_size: int = Field(16, ge=1)
     lr: float = 1e-3
     weight_decay: float = 0.0
-    alpha: float = 1e-3
-    beta: float = 1e-3
-    gamma: float = 1e-3
+    theta_init: Literal["shared", "random"] = Field(
+        "shared", description="shared: every user starts at the LM's mean input embedding; "
+                              "random: an independent draw per user (the ablation)")
+    alpha: float = Field(1.0, ge=0.0, description="weight of ℓ_vec (Eq. 7)")
+    beta: float = Field(0.25, ge=0.0, description="commitment weight inside ℓ_vec (Eq. 4)")
+    gamma: float = Field(1.0, ge=0.0, description="weight of ℓ_rec when rec_grad_share is null")
+    rec_grad_share: float | None = Field(
+        0.3, ge=0.0, lt=1.0,
+        description="set γ each step so that ℓ_rec carries this share of θ's gradient norm")
+    codebook_decay: float = Field(0.95, gt=0.0, lt=1.0,
+                                  description="EMA decay of the codebook updates, per batch")
+    surrogate_lr: float = Field(1e-3, gt=0.0)
+    surrogate_warmup_epochs: int = Field(
+        3, ge=0, description="passes over the train interactions fitting the surrogate "
+                             "before the first joint epoch")
     warmup_epochs: int = Field(1, ge=0)
     max_epochs: int = Field(3, ge=1)
     patience: int = Field(1, ge=0)
@@ -90,6 +103,15 @@ class ProfileConfig(Section):
                     "(and always one used by none) is re-seeded by splitting the most used code")
     valid_max_users: int | None = Field(
         None, ge=1, description="validation LM loss on a fixed seeded subset of this many users")
+    evidence_permutations: int = Field(
+        1000, ge=100, description="permutations of the null behind the codes' NMI p-values")
+
+    @model_validator(mode="after")
+    def _shared_start_needs_warmup(self) -> "ProfileConfig":
+        if self.theta_init == "shared" and self.warmup_epochs == 0:
+            raise ValueError("theta_init 'shared' needs warmup_epochs >= 1: k-means cannot "
+                             "initialise codebooks on identical θ rows")
+        return self
 
 
 class QuantizeConfig(Section):
