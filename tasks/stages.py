@@ -91,9 +91,9 @@ def export_task(codes_dir: str, codebook: str, lm_id: str, data_dir: str, bank_d
 
     version = publish(Path(codes_dir), Path(bank_dir), keep, codebook=Path(codebook),
                       lm_id=lm_id, data_fingerprint=hash_paths([Path(data_dir) / "interactions.parquet"]))
-    with staging_dir(Path(out_dir)) as tmp:
+    with staging_dir(Path(out_dir), stage="export") as tmp:
         (tmp / "version.txt").write_text(f"{version}\n")
-        publish_dir(tmp, Path(out_dir))
+        publish_dir(tmp, Path(out_dir), stage="export")
     return str(version)
 
 
