@@ -91,9 +91,11 @@ def infer_task(section: dict[str, Any], data_dir: str, out_dir: str,
                users_file: str | None = None) -> str:
     """Profile inference; resumes from ``<out_dir>.ckpt`` when an earlier run was killed."""
     from profile_infer import infer
-    from userip.config import ProfileConfig
+    from userip.config import ProfileConfig, check_codebooks_fit, data_users
 
-    infer(ProfileConfig.model_validate(section), Path(data_dir), Path(out_dir),
+    cfg = ProfileConfig.model_validate(section)
+    check_codebooks_fit(cfg, data_users(Path(data_dir)), f"{Path(data_dir) / 'stats.json'}")
+    infer(cfg, Path(data_dir), Path(out_dir),
           users_file=Path(users_file) if users_file else None)
     return out_dir
 
