@@ -87,9 +87,10 @@ def test_codebook_larger_than_the_data_is_refused_before_inference(tmp_path: Pat
     err = _one_line_error(capsys, ["infer", "--config", str(cfg), "--data", str(data),
                                    "--out", str(tmp_path / "p")])
     assert "codebook_size 4 is more than the 3 users" in err and "stats.json" in err
-    err = _one_line_error(capsys, ["infer", "--config", str(cfg), "--data", str(tmp_path),
+    (data / "stats.json").write_text("{not json")
+    err = _one_line_error(capsys, ["infer", "--config", str(cfg), "--data", str(data),
                                    "--out", str(tmp_path / "p")])
-    assert "stats.json: not found" in err
+    assert "stats.json: no readable user count" in err
 
 
 @pytest.mark.parametrize("argv, expected", [

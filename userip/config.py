@@ -191,22 +191,23 @@ class Config(Section):
         return self.bank.path if self.bank.path.is_absolute() else self.workdir / self.bank.path
 
 
-def check_codebooks_fit(profile: ProfileConfig, n_users: int, where: str) -> None:
+def check_codebooks_fit(profile: ProfileConfig, n_users: int | None, where: str) -> None:
     """ConfigError when a codebook has more codes than there are users (the quantizer
-    cannot fill it; today that fails only after the warm-up epoch)."""
-    for spec in profile.profiles:
+    cannot fill it; unchecked, that failed only after the warm-up epoch)."""
+    for spec in profile.profiles if n_users is not None else ():
         if spec.codebook_size > n_users:
             raise ConfigError(f"profile {spec.name!r}: codebook_size {spec.codebook_size} is more "
                               f"than the {n_users} users ({where})")
 
 
-def data_users(data_dir: Path) -> int:
-    """The number of users of a prepared data set, from its ``stats.json``."""
+def data_users(data_dir: Path) -> int | None:
+    """The number of users of a prepared data set, from its ``stats.json``; None when it
+    has none (the profile stage then names the files it misses)."""
     path = Path(data_dir) / "stats.json"
     try:
         return int(json.loads(path.read_text())["users"])
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; is {data_dir} a `userip prepare` output?") from None
+        return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: no readable user count ({exc})") from None
 
