@@ -22,7 +22,7 @@ from dataprep.filtering import k_core, latest_per_pair
 from dataprep.readers import get_reader
 from dataprep.readers.base import RawData, RejectLog
 from dataprep.split import assign_split
-from userip.atomic import publish_dir, staging_dir
+from userip.atomic import keep_beside, publish_dir, staging_dir
 from userip.config import PrepareConfig
 from userip.errors import InputError
 
@@ -42,7 +42,7 @@ def prepare(cfg: PrepareConfig, out_dir: Path) -> dict[str, Any]:
     """
     reader = get_reader(cfg.source)
     out_dir = Path(out_dir)
-    with staging_dir(out_dir) as staging:
+    with staging_dir(out_dir, stage="prepare") as staging:
         result = staging / "out"
         result.mkdir()
         parts = staging / "parts"
@@ -50,21 +50,25 @@ def prepare(cfg: PrepareConfig, out_dir: Path) -> dict[str, Any]:
         with open(result / "rejects.jsonl", "w", encoding="utf-8") as sink:
             rejects = RejectLog(sink)
             raw = reader(cfg, parts, rejects)
-            _check_reject_ratio(rejects, cfg.max_reject_ratio)
+            sink.flush()
+            _check_reject_ratio(rejects, cfg.max_reject_ratio, result / "rejects.jsonl", out_dir)
             stats = _build(cfg, raw, rejects, result, parts)
-        publish_dir(result, out_dir)
+        publish_dir(result, out_dir, stage="prepare")
     log.info("prepared %s: %s", cfg.source, {k: stats[k] for k in ("users", "items", "interactions")})
     return stats
 
 
-def _check_reject_ratio(rejects: RejectLog, max_ratio: float) -> None:
+def _check_reject_ratio(rejects: RejectLog, max_ratio: float, log_file: Path,
+                        out_dir: Path) -> None:
+    """Refuse a run with too many bad lines; the reject log is then kept beside ``out_dir``."""
     for path, counts in rejects.summary().items():
         lines, bad = counts["lines"], counts["rejected"]
         if bad and bad > max_ratio * max(lines, 1):
             line, reason = rejects.first_bad[path]
+            kept = keep_beside(log_file, out_dir, "rejects.jsonl")
             raise InputError(
                 f"{bad} of {lines} lines rejected, above --max-reject-ratio {max_ratio}; "
-                f"first bad line {line}: {reason} (all in rejects.jsonl)",
+                f"first bad line {line}: {reason} (all in {kept})",
                 path=path,
             )
 

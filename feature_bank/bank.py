@@ -1,10 +1,13 @@
 """Publish codes as an immutable bank version and look users up in it.
 
-Publishing writes into a hidden temp dir beside the versions, renames it to
-``version=<UTC timestamp>`` (atomic on one file system) and only then moves the
-``LATEST`` pointer with ``os.replace``: a reader following ``LATEST`` never sees a
-half-written version, and a publisher killed mid-write leaves only a ``.tmp-*`` dir that
-readers ignore and the next publish removes.
+Publishing writes into a staging folder beside the versions (``userip.atomic``), and
+under the bank's lock (``.bank.lock``) renames it to ``version=<UTC timestamp>``, moves
+the ``LATEST`` pointer with ``os.replace`` if the version is the newest, and applies
+retention: a reader following ``LATEST`` never sees a half-written version, two
+publishers never touch each other's staging folders, and a publisher killed mid-write
+leaves only a ``.tmp-*`` folder that readers ignore and a later publish removes once it
+can prove its writer dead. Opening a version checks it against its manifest (sha256 of
+``codes.parquet``, row count) and checks every code.
 """
 
 from __future__ import annotations
@@ -12,10 +15,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
+import re
 import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +26,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import polars as pl
 
+from userip.atomic import (MARKER, check_output_dir, file_lock, publish_dir, stage_of,
+                           staging_dir, write_text_atomic)
 from userip.errors import ConfigError, InputError, UseripError
 from userip.fingerprint import sha256_file
 from userip.ids import IdIndex
@@ -34,7 +38,10 @@ MANIFEST_FILE = "manifest.json"
 # Unknown users get code K_m for profile m (documented contract, see package docstring).
 UNKNOWN_IS_K = True
 _PREFIX = "version="
-_TMP_PREFIX = ".tmp-"
+_VERSION_NAME = re.compile(r"version=[0-9A-Za-z.:_-]+")
+_VERSION_STAGE = "bank-version"
+_BANK_LOCK = ".bank.lock"
+_RETIRED = ".retired.json"
 
 
 class BankError(UseripError):
@@ -58,6 +65,7 @@ class Manifest:
     created_at: str
     method: str
     version: str = "unpublished"
+    codes_sha256: str | None = None
     note: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -123,26 +131,48 @@ def read_parquet(path: Path, columns: Iterable[str] | None = None) -> pl.DataFra
 
 
 def read_codes(codes_dir: Path) -> tuple[dict[str, Any], pl.DataFrame]:
-    """Validated codes of one quantizer output dir: ids unique, codes in [0, K)."""
+    """Validated codes of one quantizer output dir: at least one user, ids non-null string
+    scalars and unique, codes integers in [0, K) (K is the reserved unknown code)."""
     codes_dir = Path(codes_dir)
     meta = read_meta(codes_dir)
     if meta["kind"] != "codes":
         raise InputError(f"kind is {meta['kind']!r}, a bank holds discrete codes only",
                          path=str(codes_dir / "meta.json"), field="kind")
-    names = [p["name"] for p in meta["profiles"]]
     path = codes_dir / CODES_FILE
-    df = read_parquet(path, ["user_id", *names]).select(
-        pl.col("user_id").cast(pl.String), *[pl.col(n).cast(pl.Int32) for n in names])
+    df = read_parquet(path, ["user_id", *[p["name"] for p in meta["profiles"]]])
+    return meta, check_codes(df, [(p["name"], int(p["K"])) for p in meta["profiles"]], path)
+
+
+def check_codes(df: pl.DataFrame, profiles: Sequence[tuple[str, int]], path: Path) -> pl.DataFrame:
+    """``df`` as (user_id String, one Int32 column per profile) if it is a valid bank;
+    else InputError naming the file, row and column."""
+    names = [n for n, _ in profiles]
+    reserved = [n for n in names if n == "user_id" or n.startswith("dist_")] + \
+        [n for n in set(names) if names.count(n) > 1]
+    if reserved:
+        raise InputError(f"profile name {reserved[0]!r} is reserved or repeated", path=str(path))
+    if df.height == 0:
+        raise InputError("no users: a bank needs at least one", path=str(path))
+    if df.schema["user_id"] not in (pl.String, pl.Categorical) and not df.schema["user_id"].is_integer():
+        raise InputError(f"user_id has type {df.schema['user_id']}, not text or integer",
+                         path=str(path), field="user_id")
+    for n in names:
+        if not df.schema[n].is_integer():
+            raise InputError(f"codes have type {df.schema[n]}, not integer", path=str(path), field=n)
+    df = df.select(pl.col("user_id").cast(pl.String), *names)
+    nulls = df.with_row_index("row").filter(pl.col("user_id").is_null())
+    if nulls.height:
+        raise InputError("user_id is null", path=str(path), line=int(nulls["row"][0]), field="user_id")
     if df["user_id"].is_duplicated().any():
         dup = df.filter(pl.col("user_id").is_duplicated())["user_id"][0]
         raise InputError(f"user_id {dup!r} occurs more than once", path=str(path), field="user_id")
-    for p in meta["profiles"]:
+    for name, k in profiles:
         bad = df.with_row_index("row").filter(
-            pl.col(p["name"]).is_null() | (pl.col(p["name"]) < 0) | (pl.col(p["name"]) >= int(p["K"])))
+            pl.col(name).is_null() | (pl.col(name) < 0) | (pl.col(name) >= k))
         if bad.height:
-            raise InputError(f"code {bad[p['name']][0]} outside [0, {p['K']})", path=str(path),
-                             line=int(bad["row"][0]), field=p["name"])
-    return meta, df
+            raise InputError(f"code {bad[name][0]} outside [0, {k})", path=str(path),
+                             line=int(bad["row"][0]), field=name)
+    return df.with_columns(pl.col(n).cast(pl.Int32) for n in names)
 
 
 def build_manifest(codes_dir: Path, meta: dict[str, Any], n_rows: int, *,
@@ -175,51 +205,92 @@ def _versions(bank_dir: Path) -> list[str]:
     return sorted(p.name for p in bank_dir.glob(f"{_PREFIX}*") if p.is_dir())
 
 
+def _latest_name(bank_dir: Path) -> str | None:
+    """The version LATEST names, checked to be a plain ``version=`` name (never a path)."""
+    try:
+        name = (bank_dir / LATEST).read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not _VERSION_NAME.fullmatch(name):
+        raise BankError(f"{bank_dir / LATEST}: names {name!r}, not a version inside the bank")
+    return name
+
+
+def _claim_bank(bank_dir: Path) -> None:
+    """Refuse a ``bank_dir`` that is neither absent, empty, nor a bank; mark it a bank."""
+    legacy = stage_of(bank_dir) is None and (bank_dir / LATEST).is_file()  # before markers
+    if not legacy:
+        check_output_dir(bank_dir, "bank")
+    bank_dir.mkdir(parents=True, exist_ok=True)
+    if stage_of(bank_dir) is None:
+        write_text_atomic(bank_dir / MARKER, json.dumps({"stage": "bank"}) + "\n")
+
+
 def publish(codes_dir: Path, bank_dir: Path, keep: int = 5, *, codebook: Path | None = None,
-            lm_id: str | None = None, data_fingerprint: str | None = None) -> Path:
-    """Publish ``codes_dir`` as a new bank version; keep the newest ``keep`` versions."""
+            lm_id: str | None = None, data_fingerprint: str | None = None,
+            grace_seconds: float = 60.0) -> Path:
+    """Publish ``codes_dir`` as a new bank version; keep the newest ``keep`` versions.
+
+    The version is named when the publish starts. The rename into place, the ``LATEST``
+    move and retention run under the bank's lock; ``LATEST`` moves only when the new
+    version is the newest, so a slow publisher that started first never hides a newer
+    one. Retention never deletes the version ``LATEST`` names, nor, for
+    ``grace_seconds`` after it was replaced, the one it named before (a reader may have
+    just read the old pointer)."""
     if keep < 1:
         raise ConfigError(f"keep must be >= 1, got {keep}")
+    bank_dir = Path(bank_dir).absolute()
     meta, df = read_codes(codes_dir)
     manifest = build_manifest(codes_dir, meta, df.height, codebook=codebook, lm_id=lm_id,
                               data_fingerprint=data_fingerprint)
-    bank_dir = Path(bank_dir)
-    bank_dir.mkdir(parents=True, exist_ok=True)
-    for stale in bank_dir.glob(f"{_TMP_PREFIX}*"):  # left by a killed publisher
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = bank_dir / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
+    _claim_bank(bank_dir)
+    version = _timestamp()
+    with staging_dir(bank_dir / f"{_PREFIX}{version}", stage=_VERSION_STAGE) as tmp:
         df.sort("user_id").write_parquet(tmp / CODES_FILE, compression="zstd")
-        version = _timestamp()
-        while (bank_dir / f"{_PREFIX}{version}").exists():  # same microsecond: take the next one
-            time.sleep(1e-6)
-            version = _timestamp()
-        manifest = dataclasses.replace(manifest, version=version)
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest.to_json(), indent=2))
-        final = bank_dir / f"{_PREFIX}{version}"
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    pointer = bank_dir / f"{LATEST}.{uuid.uuid4().hex}"
-    pointer.write_text(final.name + "\n")
-    os.replace(pointer, bank_dir / LATEST)
-    for old in _versions(bank_dir)[:-keep]:
-        shutil.rmtree(bank_dir / old, ignore_errors=True)
+        digest = sha256_file(tmp / CODES_FILE)
+        with file_lock(bank_dir / _BANK_LOCK):
+            while (bank_dir / f"{_PREFIX}{version}").exists():  # same microsecond: next one
+                version = _timestamp()
+            manifest = dataclasses.replace(manifest, version=version, codes_sha256=digest)
+            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest.to_json(), indent=2))
+            final = bank_dir / f"{_PREFIX}{version}"
+            publish_dir(tmp, final, stage=_VERSION_STAGE)
+            previous = _latest_name(bank_dir)
+            if previous is None or final.name >= max(_versions(bank_dir)):
+                write_text_atomic(bank_dir / LATEST, final.name + "\n")
+                if previous is not None and previous != final.name:
+                    write_text_atomic(bank_dir / _RETIRED, json.dumps(
+                        {"version": previous, "at": time.time()}) + "\n")
+            _retain(bank_dir, keep, grace_seconds)
     return final
+
+
+def _retain(bank_dir: Path, keep: int, grace_seconds: float) -> None:
+    """Delete versions beyond the newest ``keep``, sparing LATEST's and, within the grace
+    period, the one LATEST named before. Runs under the bank lock."""
+    spare = {_latest_name(bank_dir)}
+    try:
+        retired = json.loads((bank_dir / _RETIRED).read_text())
+        if time.time() - float(retired["at"]) < grace_seconds:
+            spare.add(str(retired["version"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no record (or an unreadable one): nothing is in its grace period
+    for old in _versions(bank_dir)[:-keep]:
+        if old not in spare:
+            shutil.rmtree(bank_dir / old, ignore_errors=True)
 
 
 def _resolve_version(bank_dir: Path, version: str | None) -> Path:
     if not bank_dir.is_dir():
         raise BankError(f"bank directory not found: {bank_dir}")
     if version is None:
-        pointer = bank_dir / LATEST
-        if not pointer.is_file():
+        name = _latest_name(bank_dir)
+        if name is None:
             raise BankError(f"{bank_dir}: no {LATEST} pointer; nothing has been published")
-        name = pointer.read_text().strip()
     else:
         name = version if version.startswith(_PREFIX) else f"{_PREFIX}{version}"
+        if not _VERSION_NAME.fullmatch(name):
+            raise BankError(f"{bank_dir}: {version!r} is not a version name")
     path = bank_dir / name
     if not path.is_dir():
         have = ", ".join(v.removeprefix(_PREFIX) for v in _versions(bank_dir)) or "none"
@@ -242,17 +313,44 @@ class FeatureBank:
 
     @classmethod
     def open(cls, bank_dir: str | Path, version: str | None = None) -> FeatureBank:
-        """Open ``version`` (a name under the bank, with or without ``version=``), else LATEST."""
-        path = _resolve_version(Path(bank_dir), version)
+        """Open ``version`` (a name under the bank, with or without ``version=``), else
+        LATEST, after checking it against its manifest: row count, sha256 of the codes
+        file, non-null unique ids, codes in [0, K). A LATEST version deleted between
+        reading the pointer and reading its files is retried on the new pointer."""
+        bank_dir = Path(bank_dir)
+        for attempt in range(5):
+            path = _resolve_version(bank_dir, version)
+            try:
+                return cls._open_version(path)
+            except FileNotFoundError as exc:
+                if path.is_dir():
+                    raise BankError(f"{path}: incomplete version ({exc})") from exc
+                if version is not None or attempt == 4:
+                    raise BankError(f"{path}: deleted while opening it") from exc
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open_version(cls, path: Path) -> FeatureBank:
         try:
             manifest = Manifest.from_json(json.loads((path / MANIFEST_FILE).read_text()))
+        except FileNotFoundError:
+            raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise BankError(f"{path / MANIFEST_FILE}: unreadable manifest ({exc})") from exc
-        df = read_parquet(path / CODES_FILE, ["user_id", *manifest.names])
+        codes = path / CODES_FILE
+        if not codes.is_file():
+            raise FileNotFoundError(f"{codes}: missing")
+        df = read_parquet(codes, ["user_id", *manifest.names])
         if df.height != manifest.n_rows:
             raise BankError(f"{path}: manifest says {manifest.n_rows} rows, codes.parquet has {df.height}")
-        return cls(manifest, df["user_id"].cast(pl.String).to_numpy(),
-                   df.select(manifest.names).to_numpy(), str(path))
+        if manifest.codes_sha256 is None:
+            raise BankError(f"{path / MANIFEST_FILE}: no codes_sha256 (published by an older "
+                            "userip); re-publish it with `userip export`")
+        if sha256_file(codes) != manifest.codes_sha256:
+            raise BankError(f"{codes}: sha256 differs from its manifest; the file was replaced")
+        df = check_codes(df, manifest.profiles, codes)
+        return cls(manifest, df["user_id"].to_numpy(), df.select(manifest.names).to_numpy(),
+                   str(path))
 
     @classmethod
     def from_codes_dir(cls, codes_dir: str | Path, *, codebook: Path | None = None) -> FeatureBank:

@@ -75,7 +75,7 @@ def quantize(cfg: QuantizeConfig, profile_dir: Path, out_dir: Path) -> Path:
             raise InputError(f"sweep names unknown profile {name!r}", field="quantize.sweep")
     base_meta = {"profiles": [{"name": p["name"], "K": p["K"]} for p in profiles],
                  "source_profile": str(profile_dir), "n_users": len(user_ids)}
-    with staging_dir(out_dir) as tmp:
+    with staging_dir(out_dir, stage="quantize") as tmp:
         for method in cfg.methods:
             log.info("quantize: %s", method)
             meta = {**base_meta, "method": method, "kind": "codes"}
@@ -108,5 +108,5 @@ def quantize(cfg: QuantizeConfig, profile_dir: Path, out_dir: Path) -> Path:
                         "sweep": {"profile": name, "K": k,
                                   "note": "FAISS k-means on the final θ, not UserIP retraining"}}
                 _write(tmp / "sweep" / f"{name}_K{k}", frame, meta)
-        publish_dir(tmp, out_dir)
+        publish_dir(tmp, out_dir, stage="quantize")
     return out_dir

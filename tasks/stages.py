@@ -10,20 +10,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.context import TaskRunContext
+from prefect.serializers import JSONSerializer
+from prefect.settings import get_current_settings
 
 
 def _content_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """The task's name and parameters; ``out_dir`` among them already names the content.
-    Prefect stores the cache record under this key as a file name, hence the hash."""
+    Prefect stores the cache record under this key as a file name, hence the hash; a
+    record there that userip did not write is moved aside first."""
     blob = json.dumps({"task": context.task.name, **parameters,
                        "out_dir": str(Path(parameters["out_dir"]).resolve())},
                       sort_keys=True, default=str)
-    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+    key = hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+    refuse_foreign_record(key)
+    return key
 
 
 def artifact_slug(name: str) -> str:
@@ -31,11 +38,43 @@ def artifact_slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower())
 
 
+# Every stage returns a path: plain JSON, with no hook that could import or call anything.
+RESULT_SERIALIZER = JSONSerializer(object_encoder=None, object_decoder=None)
+_EXPECTED = RESULT_SERIALIZER.model_dump(mode="json")
+log = logging.getLogger(__name__)
+
+
+def is_our_record(content: bytes) -> bool:
+    """True for a cache record written with ``RESULT_SERIALIZER`` whose result is a JSON
+    string. Prefect deserializes a record with the serializer the record itself names,
+    so a planted record naming ``pickle`` (or a JSON ``object_decoder``) would run code
+    on the next cache hit, whatever the task's own serializer."""
+    try:
+        record = json.loads(content)
+        return (record["metadata"]["serializer"] == _EXPECTED
+                and isinstance(json.loads(record["result"]), str))
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def refuse_foreign_record(key: str) -> None:
+    """Move a cache record at ``key`` that ``is_our_record`` rejects aside (to
+    ``<key>.refused``) before Prefect reads it: the task then re-runs and rewrites it."""
+    path = Path(get_current_settings().results.local_storage_path).expanduser() / key
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        return
+    if not is_our_record(content):
+        log.warning("%s: not a userip cache record (JSON path); moved aside, recomputing", path)
+        os.replace(path, path.with_name(path.name + ".refused"))
+
+
 def stage_task(name: str, **options: Any):
-    """Decorator: a cached, persisted Prefect task for one stage."""
+    """Decorator: a cached, persisted Prefect task for one stage, its result a JSON path."""
     # task_run_name: runs are named by stage alone (Prefect would add a random suffix)
     return task(name=name, cache_key_fn=_content_key, persist_result=True,
-                task_run_name=name, **options)
+                result_serializer=RESULT_SERIALIZER, task_run_name=name, **options)
 
 
 @stage_task("prepare", retries=1)
@@ -52,9 +91,11 @@ def infer_task(section: dict[str, Any], data_dir: str, out_dir: str,
                users_file: str | None = None) -> str:
     """Profile inference; resumes from ``<out_dir>.ckpt`` when an earlier run was killed."""
     from profile_infer import infer
-    from userip.config import ProfileConfig
+    from userip.config import ProfileConfig, check_codebooks_fit, data_users
 
-    infer(ProfileConfig.model_validate(section), Path(data_dir), Path(out_dir),
+    cfg = ProfileConfig.model_validate(section)
+    check_codebooks_fit(cfg, data_users(Path(data_dir)), f"{Path(data_dir) / 'stats.json'}")
+    infer(cfg, Path(data_dir), Path(out_dir),
           users_file=Path(users_file) if users_file else None)
     return out_dir
 
@@ -91,9 +132,9 @@ def export_task(codes_dir: str, codebook: str, lm_id: str, data_dir: str, bank_d
 
     version = publish(Path(codes_dir), Path(bank_dir), keep, codebook=Path(codebook),
                       lm_id=lm_id, data_fingerprint=hash_paths([Path(data_dir) / "interactions.parquet"]))
-    with staging_dir(Path(out_dir)) as tmp:
+    with staging_dir(Path(out_dir), stage="export") as tmp:
         (tmp / "version.txt").write_text(f"{version}\n")
-        publish_dir(tmp, Path(out_dir))
+        publish_dir(tmp, Path(out_dir), stage="export")
     return str(version)
 
 

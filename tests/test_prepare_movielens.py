@@ -95,7 +95,7 @@ def test_cli_writes_dataset_and_prints_stats(tmp_path: Path) -> None:
     assert json.loads(res.stdout[: res.stdout.rindex("}") + 1])["users"] == 30
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(
         ["interactions.parquet", "items.parquet", "users.parquet", "behaviour.parquet",
-         "behaviour_valid.parquet", "stats.json", "rejects.jsonl"])
+         "behaviour_valid.parquet", "stats.json", "rejects.jsonl", ".userip-output"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 
 

@@ -42,7 +42,7 @@ def test_full_run_publishes_every_output(tiny, tmp_path):
     data = write_data_dir(tmp_path / "data", n_users=12, empty_text_users=1)
     out = infer(tiny_cfg(tiny), data, tmp_path / "profile")
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["codebooks.safetensors", "codes.parquet", "curves.csv",
+    assert files == [".userip-output", "codebooks.safetensors", "codes.parquet", "curves.csv",
                      "explanation.json", "meta.json", "surrogate.safetensors",
                      "surrogate_items.parquet", "theta.safetensors"]
     codes = pl.read_parquet(out / "codes.parquet")

@@ -7,6 +7,8 @@ import importlib
 import logging
 import sys
 
+from pydantic import ValidationError
+
 from userip.errors import UseripError
 
 # Each entry is a module under userip/commands with add_parser(subparsers) and run(args).
@@ -26,18 +28,32 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.run(args) or 0)
-    except (UseripError, FileNotFoundError) as exc:
+    except (UseripError, OSError, ValidationError, ValueError, OverflowError) as exc:
         if args.verbose:
             raise
-        print(f"userip {args.command}: error: {exc}", file=sys.stderr)
+        print(f"userip {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"userip {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line: an OS error names its file, a validation error its field.
+    Bad input and settings never print a traceback (``-v`` shows it)."""
+    from userip.config import describe
+
+    if isinstance(exc, ValidationError):
+        text = f"{exc.title}: {describe(exc)}"
+    elif isinstance(exc, OSError) and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror or exc}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

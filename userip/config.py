@@ -9,14 +9,26 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from userip.errors import ConfigError
+
+# Seeds go to numpy, torch and FAISS; numpy's legacy seeding and FAISS take 32 bits.
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+# Every supported source rates 1..5 (stars); a label threshold outside (1, 5] makes every
+# label the same.
+RATING_RANGE = (1.0, 5.0)
+RESERVED_COLUMNS = ("user_id",)
 
 Source = Literal[
     "amazon2014", "amazon2018", "amazon2023", "yelp", "movielens-100k", "movielens-1m"
 ]
+
+
+S = TypeVar("S", bound=BaseModel)
 
 
 class Section(BaseModel):
@@ -37,10 +49,11 @@ class PrepareConfig(Section):
     users: Path | None = None
     business: Path | None = None
     min_core: int = Field(5, ge=1)
-    label_threshold: float = 4.0
+    label_threshold: float = Field(4.0, gt=RATING_RANGE[0], le=RATING_RANGE[1],
+                                   description="rating >= this is a positive; within the 1-5 range")
     split: Literal["random", "temporal"] = "random"
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 42
+    seed: Seed = 42
     max_reject_ratio: float = Field(0.01, ge=0.0, le=1.0)
     behaviour_review_words: int = Field(
         8, ge=0, description="behaviour text: first words of each review kept after the item (0: none)")
@@ -55,10 +68,19 @@ class PrepareConfig(Section):
 
 
 class ProfileSpec(Section):
-    name: str
+    name: str = Field(..., pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$",
+                      description="a column name in codes.parquet and a file name")
     context: str
     n_tokens: int = Field(1, ge=1)
     codebook_size: int = Field(..., ge=2)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v in RESERVED_COLUMNS or v.startswith("dist_"):
+            raise ValueError(f"profile name {v!r} is reserved (user_id and dist_* are "
+                             "codes.parquet columns)")
+        return v
 
 
 class ProfileConfig(Section):
@@ -119,7 +141,7 @@ class QuantizeConfig(Section):
         "userip", "kmeans", "agglomerative", "none"
     )
     none_dim: int = Field(8, ge=1, description="dense width of the un-quantized ablation")
-    seed: int = 0
+    seed: Seed = 0
     agglomerative_max_users: int = Field(
         20000, ge=2, description="fit agglomerative clustering on a seeded sample this large")
     sweep: dict[str, tuple[int, ...]] = Field(
@@ -130,6 +152,8 @@ class QuantizeConfig(Section):
 class BankConfig(Section):
     path: Path = Path("bank")
     keep_versions: int = Field(5, ge=1)
+    grace_seconds: float = Field(
+        60.0, ge=0, description="the version LATEST named last outlives its replacement this long")
 
 
 class DownstreamConfig(Section):
@@ -161,6 +185,25 @@ class Config(Section):
     bank: BankConfig = BankConfig()
     downstream: DownstreamConfig = DownstreamConfig()
 
+    @model_validator(mode="after")
+    def _cross_section(self) -> Config:
+        """Rules across sections and ProfileConfig fields, checked before any work starts."""
+        names = [p.name for p in self.profile.profiles]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"profile.profiles: name {repeated[0]!r} is used twice")
+        seeds = {"profile.seed": [self.profile.seed], "downstream.seeds": list(self.downstream.seeds)}
+        for where, values in seeds.items():
+            bad = [v for v in values if not 0 <= v < 2**32]
+            if bad:
+                raise ValueError(f"{where}: seed {bad[0]} outside [0, 2**32)")
+        if self.prepare.max_users is not None:
+            try:
+                check_codebooks_fit(self.profile, self.prepare.max_users, "prepare.max_users")
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
     def stage_dir(self, stage: str) -> Path:
         """Where a stage publishes its outputs inside the run's work dir."""
         return self.workdir / stage
@@ -170,18 +213,67 @@ class Config(Section):
         return self.bank.path if self.bank.path.is_absolute() else self.workdir / self.bank.path
 
 
+def check_codebooks_fit(profile: ProfileConfig, n_users: int | None, where: str) -> None:
+    """ConfigError when a codebook has more codes than there are users (the quantizer
+    cannot fill it; unchecked, that failed only after the warm-up epoch)."""
+    for spec in profile.profiles if n_users is not None else ():
+        if spec.codebook_size > n_users:
+            raise ConfigError(f"profile {spec.name!r}: codebook_size {spec.codebook_size} is more "
+                              f"than the {n_users} users ({where})")
+
+
+def data_users(data_dir: Path) -> int | None:
+    """The number of users of a prepared data set, from its ``stats.json``; None when it
+    has none (the profile stage then names the files it misses)."""
+    path = Path(data_dir) / "stats.json"
+    try:
+        return int(json.loads(path.read_text())["users"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: no readable user count ({exc})") from None
+
+
+def validated(model: type[S], data: Any, source: str) -> S:
+    """``model.model_validate(data)``, a validation error becoming one ConfigError line
+    naming ``source`` (a file or "--flags") and the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe(exc)}") from None
+
+
+def describe(exc: ValidationError) -> str:
+    """The first error of ``exc`` as ``field.path: message``, plus how many more."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a YAML config; ``overrides`` are dotted keys, e.g. ``{"profile.max_epochs": 1}``."""
+    """Read a YAML config; ``overrides`` are dotted keys, e.g. ``{"profile.max_epochs": 1}``.
+    Every problem (missing or unreadable file, bad YAML, a wrong key or value) is one
+    ConfigError line naming the file and the field."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{at}: invalid YAML ({getattr(exc, 'problem', None) or exc})") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: top level must be a mapping")
+        raise ConfigError(f"{path}: top level must be a mapping, not {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: {key!r} is not a section")
         node[leaf] = value
-    return Config.model_validate(raw)
+    return validated(Config, raw, f"{path}" + (" with --set" if overrides else ""))

@@ -8,6 +8,7 @@ source-independent processing (dedupe, k-core, labels, split, behaviour text) li
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ INTERACTION_SCHEMA = {
     "ts": pl.Int64,  # UTC seconds
     "review": pl.String,  # nullable
 }
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 CATEGORY_SEP = " | "  # joins an item's categories in items.parquet
 ITEM_SCHEMA = {
     "item_id": pl.String,
@@ -47,7 +49,11 @@ class RejectLog:
         self.seen[str(path)] += n
 
     def reject(self, path: Path | str, line: int, reason: str, raw: str | None = None) -> None:
+        """Log one bad line. Object addresses in ``reason`` (``ast`` errors name nodes as
+        ``<ast.Name object at 0x7f..>``) are dropped: the same dump gives the same log, so
+        re-preparing it keeps every downstream cache key."""
         key = str(path)
+        reason = _ADDRESS.sub("", reason)
         self.rejected[key] += 1
         self.first_bad.setdefault(key, (line, reason))
         record = {"file": key, "line": line, "reason": reason}

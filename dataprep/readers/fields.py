@@ -9,6 +9,7 @@ column came out null and name the field that caused it.
 from __future__ import annotations
 
 import html
+import time
 
 import polars as pl
 
@@ -86,9 +87,17 @@ def split_list(field: str, sep: str) -> pl.Expr:
     return pl.col(field).str.split(sep)
 
 
+# Timestamps later than this are implausible (a millisecond value read as seconds lands in
+# the year ~52,000 and would win the latest-per-pair dedupe). Fixed when the module is
+# imported: each `userip` command and each Prefect flow run is a fresh process.
+LATEST_PLAUSIBLE_TS = int(time.time()) + 86_400
+
+
 def identifier(field: str) -> pl.Expr:
-    """An id: surrounding whitespace stripped; empty is missing."""
-    return _null_if_empty(pl.col(field).str.strip_chars())
+    """An id: a JSON string or number, surrounding whitespace stripped; empty is missing.
+    A list or an object (its text starts with ``[`` or ``{``) is not an id."""
+    value = pl.col(field).str.strip_chars()
+    return _null_if_empty(pl.when(~value.str.contains(r"^[\[{]")).then(value))
 
 
 def number(field: str, lo: float | None = None, hi: float | None = None) -> pl.Expr:
@@ -103,15 +112,21 @@ def number(field: str, lo: float | None = None, hi: float | None = None) -> pl.E
 
 
 def unix_seconds(field: str, per_second: int = 1) -> pl.Expr:
-    """An epoch timestamp in ``1/per_second`` units (1000 for milliseconds) as UTC seconds."""
-    return (number(field, lo=0) / per_second).floor().cast(pl.Int64, strict=False)
+    """An epoch timestamp in ``1/per_second`` units (1000 for milliseconds) as UTC seconds;
+    null when later than ``LATEST_PLAUSIBLE_TS``."""
+    return _plausible((number(field, lo=0) / per_second).floor().cast(pl.Int64, strict=False))
 
 
 def date_seconds(text: pl.Expr, *formats: str) -> pl.Expr:
-    """A naive date/time string, read as UTC, as epoch seconds; the first format that fits wins."""
+    """A naive date/time string, read as UTC, as epoch seconds; the first format that fits
+    wins; null when later than ``LATEST_PLAUSIBLE_TS``."""
     raw = text.str.strip_chars()
     parsed = [raw.str.strptime(pl.Datetime("us"), f, strict=False) for f in formats]
-    return pl.coalesce(parsed).dt.epoch("s")
+    return _plausible(pl.coalesce(parsed).dt.epoch("s"))
+
+
+def _plausible(seconds: pl.Expr) -> pl.Expr:
+    return pl.when(seconds <= LATEST_PLAUSIBLE_TS).then(seconds)
 
 
 def price(field: str) -> pl.Expr:

@@ -47,6 +47,7 @@ CHUNK_BYTES = 16 << 20
 MAX_WORKERS = 6
 MAX_LINE_BYTES = 64 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
+_BOM = b"\xef\xbb\xbf"
 _LINE = "__line"
 _OK = "__ok"
 _PARSE_ERRORS = (Exception, pl.exceptions.PanicException)
@@ -280,6 +281,8 @@ def _line_chunks(path: Path, chunk_bytes: int) -> Iterator[_LineIndex | _Unreada
     next_line = 1
     skipping = False  # inside an over-long line
     for block in _blocks(path, chunk_bytes):
+        if next_line == 1 and not carry and isinstance(block, bytes) and block.startswith(_BOM):
+            block = block[len(_BOM):]  # a UTF-8 byte order mark is not part of line 1
         if isinstance(block, _Damage):
             yield _Unreadable(next_line, block.reason,
                               carry[:2000].decode("utf-8", "replace") or None)

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config) if args.config else Config()
     fingerprint = hash_paths([args.data / "interactions.parquet"]) if args.data else None
     path = publish(args.codes, args.bank or cfg.bank.path, args.keep or cfg.bank.keep_versions,
-                   codebook=args.codebook, lm_id=args.lm_id, data_fingerprint=fingerprint)
+                   codebook=args.codebook, lm_id=args.lm_id, data_fingerprint=fingerprint,
+                   grace_seconds=cfg.bank.grace_seconds)
     print(json.dumps(memory_report(path.parent, path.name, lm_dim=args.lm_dim), indent=2))
     print(f"published {path}")
     return 0

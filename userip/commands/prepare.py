@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from userip.config import Config, PrepareConfig, load_config
+from userip.config import Config, PrepareConfig, load_config, validated
 
 # CLI flag -> PrepareConfig field; a flag given on the command line beats the config file.
 _FLAGS = ("source", "reviews", "meta", "users", "business", "min_core", "label_threshold",
@@ -37,7 +37,8 @@ def resolve(args: argparse.Namespace) -> tuple[PrepareConfig, Path]:
     """Config file (if any) overlaid with the flags given; returns the section and out dir."""
     cfg = load_config(args.config) if args.config else Config()
     overrides: dict[str, Any] = {f: getattr(args, f) for f in _FLAGS if getattr(args, f) is not None}
-    section = PrepareConfig.model_validate({**cfg.prepare.model_dump(), **overrides})
+    section = validated(PrepareConfig, {**cfg.prepare.model_dump(), **overrides},
+                        f"{args.config} with flags" if args.config else "flags")
     return section, args.out or cfg.stage_dir("data")
 
 

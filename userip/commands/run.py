@@ -14,6 +14,9 @@ from pathlib import Path
 
 import yaml
 
+from userip.config import load_config
+from userip.errors import ConfigError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the pipeline flow (all or some stages)",
@@ -31,9 +34,12 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
     out: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
-        out[key] = yaml.safe_load(value)
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: invalid YAML value {value!r} ({exc.__class__.__name__})") from None
     return out
 
 
@@ -42,13 +48,18 @@ def run(args: argparse.Namespace) -> int:
     # take longer than Prefect's default 20 s.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline hosts
-    from flows.userip_flow import userip
+    from flows.userip_flow import select_stages, userip
     from userip.summary import summary_table
+
+    # Settings first: a bad one is one line now, not after a server start (30-60 s).
+    overrides = parse_overrides(args.set)
+    load_config(args.config, overrides)
+    select_stages(args.stages, args.from_stage)
 
     start = time.monotonic()
     outputs = userip(
         config=str(args.config), stages=args.stages, from_stage=args.from_stage,
-        overrides=parse_overrides(args.set), refresh=args.refresh,
+        overrides=overrides, refresh=args.refresh,
     )
     print()
     print(summary_table(outputs))

@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from userip.config import Config, DownstreamConfig, load_config
+from userip.config import Config, DownstreamConfig, load_config, validated
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +31,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
 def section_from(args: argparse.Namespace) -> DownstreamConfig:
     cfg = load_config(args.config) if args.config else Config()
     overrides = {k: getattr(args, k) for k in ("models", "seeds", "workers") if getattr(args, k, None)}
-    return DownstreamConfig.model_validate({**cfg.downstream.model_dump(), **overrides})
+    return validated(DownstreamConfig, {**cfg.downstream.model_dump(), **overrides},
+                     f"{args.config} with flags" if args.config else "flags")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,83 @@
+"""Feature bank at scale: publish, open and look up synthetic banks; one JSON line per size.
+
+Usage: ``python bench/bank_scale.py [--users 100000 1000000 10000000] [--workdir DIR]``
+
+Each size runs in its own process (so ``max_rss_mb`` is that size's peak): a quantizer
+output with two profiles (K = 16 and 8, random codes) and ids ``u<n>`` is written,
+``feature_bank.publish`` publishes it, ``FeatureBank.open`` opens it (with every check
+open makes), and ``lookup`` answers 10,000 random ids (a tenth unknown); the median of 20
+lookups is reported. Targets at 10^7 users (issue #11): lookup < 5 ms, open < 5 s,
+publish < 20 s, RSS < 1 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def one_size(n: int, work: Path) -> dict:
+    import numpy as np
+    import polars as pl
+
+    from feature_bank import FeatureBank, publish
+
+    rng = np.random.default_rng(0)
+    codes = work / "codes"
+    codes.mkdir()
+    pl.DataFrame({"user_id": pl.int_range(n, eager=True).cast(pl.String).str.replace(r"^", "u"),
+                  "hobby": rng.integers(0, 16, n, dtype=np.int32),
+                  "background": rng.integers(0, 8, n, dtype=np.int32)}).write_parquet(codes / "codes.parquet")
+    (codes / "meta.json").write_text(json.dumps({"method": "kmeans", "kind": "codes", "profiles": [
+        {"name": "hobby", "K": 16}, {"name": "background", "K": 8}]}))
+    t = time.perf_counter()
+    publish(codes, work / "bank", keep=1)
+    publish_s = time.perf_counter() - t
+    t = time.perf_counter()
+    bank = FeatureBank.open(work / "bank")
+    open_s = time.perf_counter() - t
+    query = np.array([f"u{i}" for i in rng.integers(0, n + n // 9, 10_000)], dtype=object)
+    laps = []
+    for _ in range(20):
+        t = time.perf_counter()
+        bank.lookup(query)
+        laps.append(time.perf_counter() - t)
+    return {"users": n, "publish_s": round(publish_s, 3), "open_s": round(open_s, 3),
+            "lookup_10k_ms": round(1000 * statistics.median(laps), 3),
+            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "parquet_mb": round(sum(p.stat().st_size for p in (work / "bank").rglob("codes.parquet")) / 2**20, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--users", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one size, here
+    args = parser.parse_args()
+    if args.one:
+        work = Path(tempfile.mkdtemp(prefix="userip-bank-scale-", dir=args.workdir))
+        try:
+            print(json.dumps(one_size(args.one, work)))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
+    for n in args.users:
+        cmd = [sys.executable, __file__, "--one", str(n)]
+        if args.workdir:
+            cmd += ["--workdir", str(args.workdir)]
+        subprocess.run(cmd, check=True)
+
+
+if __name__ == "__main__":
+    main()
