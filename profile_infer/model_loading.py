@@ -69,7 +69,7 @@ def materialize_embedded(name: str) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with staging_dir(target) as tmp:
+    with staging_dir(target, "model-cache") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         try:

@@ -22,6 +22,7 @@ from userip.config import ProfileConfig
 THETA, CODEBOOKS, SURROGATE, CODES = ("theta.safetensors", "codebooks.safetensors",
                                       "surrogate.safetensors", "codes.parquet")
 SURROGATE_ITEMS = "surrogate_items.parquet"
+STAGE = "infer"  # the stage name in the output marker (userip.atomic)
 CURVE_FIELDS = ("epoch", "phase", "train_llm", "train_vec", "train_rec", "grad_llm", "grad_vec",
                 "grad_rec", "gamma", "valid_llm", "reseeded", "history_coverage")
 def nearest_tokens(vectors: torch.Tensor, embeddings: torch.Tensor, tokenizer,
@@ -100,7 +101,7 @@ def publish(out_dir: Path, *, theta: torch.Tensor, user_ids: list[str], codebook
             explain: dict, meta: dict) -> Path:
     """Write all outputs to a temp dir beside ``out_dir`` and rename it into place."""
     out_dir = Path(out_dir)
-    with staging_dir(out_dir) as tmp:
+    with staging_dir(out_dir, STAGE) as tmp:
         profiles = meta["profiles"]
         save_file({"theta": theta.contiguous()}, tmp / THETA,
                   metadata={"user_ids": json.dumps(user_ids), "profiles": json.dumps(profiles)})
@@ -120,7 +121,7 @@ def publish(out_dir: Path, *, theta: torch.Tensor, user_ids: list[str], codebook
                               for k, v in row.items()} for row in curves)  # NaN -> empty
         (tmp / "explanation.json").write_text(json.dumps(explain, indent=1, ensure_ascii=False))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        publish_dir(tmp, out_dir)
+        publish_dir(tmp, out_dir, STAGE)
     return out_dir
 
 

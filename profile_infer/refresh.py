@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dataprep.changes import changed_users
 from profile_infer.api import infer
+from profile_infer.outputs import STAGE
 from userip.atomic import publish_dir
 from userip.config import ProfileConfig
 
@@ -42,6 +43,6 @@ def refresh_profiles(cfg: ProfileConfig, base_profile: Path, data_dir: Path,
     users_file = work.with_name(work.name + ".users.txt")
     users_file.write_text("\n".join(users) + "\n")
     infer(cfg, data_dir, work, users_file=users_file)
-    publish_dir(work, out_dir)
+    publish_dir(work, out_dir, STAGE)
     users_file.unlink()
     return users

@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from profile_infer.outputs import load_published
+from quantize.evidence import agreement, code_evidence, user_facts
 from quantize.methods import agglomerative_codes, kmeans_codes, pca_dense
 from userip.atomic import publish_dir, staging_dir
 from userip.config import QuantizeConfig
@@ -60,6 +61,15 @@ def check_userip_codes(codes: pl.DataFrame, profiles: list[dict], path: Path) ->
             raise InputError(f"codes outside [0, {p['K']})", path=str(path), field=p["name"])
 
 
+def _facts(profile_meta: dict) -> pl.DataFrame | None:
+    """What the profile's data set shows of each user (train split), if it is still there."""
+    data_dir = Path(profile_meta.get("data_dir", ""))
+    if not (data_dir / "interactions.parquet").is_file():
+        log.warning("%s: data set not found, code evidence skipped", data_dir)
+        return None
+    return user_facts(data_dir)
+
+
 def quantize(cfg: QuantizeConfig, profile_dir: Path, out_dir: Path) -> Path:
     """Run every configured method (and the sweep) and publish ``out_dir`` atomically."""
     profile_dir, out_dir = Path(profile_dir), Path(out_dir)
@@ -75,16 +85,31 @@ def quantize(cfg: QuantizeConfig, profile_dir: Path, out_dir: Path) -> Path:
             raise InputError(f"sweep names unknown profile {name!r}", field="quantize.sweep")
     base_meta = {"profiles": [{"name": p["name"], "K": p["K"]} for p in profiles],
                  "source_profile": str(profile_dir), "n_users": len(user_ids)}
+    names = [p["name"] for p in profiles]
+    facts = _facts(pub["meta"])
+    code_sets: dict[str, pl.DataFrame] = {}
+
+    def evidence(frame: pl.DataFrame) -> dict:
+        """NMI of the codes with like-rate and taste (train split) against a permutation null."""
+        if facts is None:
+            return {"note": "data dir of the profile not found: no code evidence"}
+        return code_evidence(frame, names, facts, cfg.evidence_permutations, cfg.seed)
+
     with staging_dir(out_dir, stage="quantize") as tmp:
         for method in cfg.methods:
             log.info("quantize: %s", method)
             meta = {**base_meta, "method": method, "kind": "codes"}
-            if method == "userip":
-                check_userip_codes(pub["codes"], profiles, profile_dir / "codes.parquet")
-                _write(tmp / method, pub["codes"], meta)
-            elif method in ("kmeans", "agglomerative"):
-                frame = _cluster_frame(method, user_ids, theta, profiles, sizes, cfg.seed,
-                                       cfg.agglomerative_max_users)
+            if method in ("userip", "kmeans", "agglomerative"):
+                if method == "userip":
+                    check_userip_codes(pub["codes"], profiles, profile_dir / "codes.parquet")
+                    frame = pub["codes"]
+                else:
+                    frame = _cluster_frame(method, user_ids, theta, profiles, sizes, cfg.seed,
+                                           cfg.agglomerative_max_users)
+                code_sets[method] = frame
+                meta["evidence"] = evidence(frame)
+                if method != "userip" and "userip" in code_sets:
+                    meta["ari_vs_userip"] = agreement(code_sets["userip"], frame, names)
                 _write(tmp / method, frame, meta)
             else:
                 cols: dict = {"user_id": pl.Series(user_ids, dtype=pl.String)}

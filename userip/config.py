@@ -125,8 +125,6 @@ class ProfileConfig(Section):
                     "(and always one used by none) is re-seeded by splitting the most used code")
     valid_max_users: int | None = Field(
         None, ge=1, description="validation LM loss on a fixed seeded subset of this many users")
-    evidence_permutations: int = Field(
-        1000, ge=100, description="permutations of the null behind the codes' NMI p-values")
 
     @model_validator(mode="after")
     def _shared_start_needs_warmup(self) -> "ProfileConfig":
@@ -141,6 +139,8 @@ class QuantizeConfig(Section):
         "userip", "kmeans", "agglomerative", "none"
     )
     none_dim: int = Field(8, ge=1, description="dense width of the un-quantized ablation")
+    evidence_permutations: int = Field(
+        1000, ge=100, description="permutations of the null behind the codes' NMI p-values")
     seed: Seed = 0
     agglomerative_max_users: int = Field(
         20000, ge=2, description="fit agglomerative clustering on a seeded sample this large")

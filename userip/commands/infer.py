@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from userip.atomic import UNNAMED_STAGE, check_output_dir
+from userip.atomic import check_output_dir
 from userip.config import check_codebooks_fit, data_users, load_config
 
 
@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config).profile
     # before any epoch: the data must hold enough users, --out must be ours to replace
     check_codebooks_fit(cfg, data_users(args.data), f"{args.data / 'stats.json'}")
-    check_output_dir(args.out, UNNAMED_STAGE)  # the stage name profile_infer publishes with
+    from profile_infer.outputs import STAGE
+
+    check_output_dir(args.out, STAGE)
     if cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:
         argv = ["--config", str(args.config), "--data", str(args.data), "--out", str(args.out)]
         if args.users:
