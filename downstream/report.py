@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from downstream.features import load_users, open_codes
+from downstream.profile_evidence import profile_evidence
 from downstream.metrics import paired_p_value, ri_auc, ri_logloss
 from downstream.suite import VARIANT_JSON, WITHOUT, source_of, trained_dirs
 from userip.config import DownstreamConfig
@@ -235,6 +236,8 @@ def write_report(run_dir: Path, data_dir: Path, section: DownstreamConfig) -> di
     md += ["## Figs 6–7 analogues: AUC / Logloss against codebook size", ""]
     md += [f"![{f}]({f})" for f in figs] or ["(needs a quantize sweep: at least two codebook sizes of one profile)"]
     md.append("")
+    evidence_md, evidence = profile_evidence(metas)
+    md += evidence_md
     probes = probe(data_dir, run_dir, metas)
     md += ["## Profile probe: do codes predict held-out user attributes?", "",
            f"Logistic regression on one-hot codes; {int(100 * (1 - PROBE_TEST_SHARE))}/"
@@ -246,7 +249,7 @@ def write_report(run_dir: Path, data_dir: Path, section: DownstreamConfig) -> di
         for attr, r in res.items():
             md.append(f"| {v} | {attr} | {r['accuracy']:.3f} | {r['majority']:.3f} | {r['classes']} | {r['test_users']} |")
     md.append("")
-    metrics = {"models": agg, "variants": metas, "probe": probes, "notes": notes,
+    metrics = {"models": agg, "variants": metas, "probe": probes, "evidence": evidence, "notes": notes,
                "primary_codes": primary, "figures": figs}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (run_dir / "report.md").write_text("\n".join(md))

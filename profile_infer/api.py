@@ -95,7 +95,8 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
         if [p["name"] for p in base["meta"]["profiles"]] != names:
             raise ConfigError(f"{out_dir}: profiles {base['meta']['profiles']} differ from config")
     data = load_profile_data(data_dir, loaded.tokenizer, budget, users, cfg.valid_max_users,
-                             cfg.seed, item_vocab=base["item_ids"] if base else None)
+                             cfg.seed, cfg.evidence_max_users,
+                             item_vocab=base["item_ids"] if base else None)
     fingerprint = f"{cfg.fingerprint()}-{_data_fingerprint(data_dir, users)}"
 
     prior = None
@@ -115,7 +116,7 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
     rank, world = dd.world()
     if rank == 0:
         codes = codes_frame(data.user_ids, theta, trainer.codebooks, names, layout.profile_slices)
-        evidence = lm_evidence(trainer.per_user_nll, theta, data.valid_rows, data.valid_targets,
+        evidence = lm_evidence(trainer.per_user_nll, theta, data.evidence_rows, data.evidence_targets,
                                trainer.codebooks, layout.profile_slices, cfg.seed)
         log.info("evidence: own vs other θ gap %s", evidence.get("theta"))
         user_ids = data.user_ids

@@ -34,6 +34,8 @@ class ProfileData:
     windows: list[list[list[int]]]      # table row -> its train-history windows of token ids
     valid_rows: np.ndarray              # rows that have a validation text
     valid_targets: list[list[int]]      # aligned with valid_rows
+    evidence_rows: np.ndarray           # rows whose validation text scores the evidence
+    evidence_targets: list[list[int]]   # aligned with evidence_rows
     inter_offsets: np.ndarray           # CSR over rows into inter_items / inter_labels
     inter_items: np.ndarray
     inter_labels: np.ndarray
@@ -102,7 +104,8 @@ def pack_windows(tokenizer, histories: list[list[str]], limit: int
 
 def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
                       users: set[str] | None = None, valid_max_users: int | None = None,
-                      seed: int = 0, item_vocab: list[str] | None = None) -> ProfileData:
+                      seed: int = 0, evidence_max_users: int | None = None,
+                      item_vocab: list[str] | None = None) -> ProfileData:
     """Behaviour texts -> target ids; train interactions -> CSR by table row.
 
     Surrogate item rows are keyed by item id: ``item_vocab`` (the base profile's, in
@@ -136,16 +139,17 @@ def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
     row_of = {u: i for i, u in enumerate(user_ids)}
 
     valid_path = data_dir / "behaviour_valid.parquet"
-    valid_rows: list[int] = []
-    valid_targets: list[list[int]] = []
+    held: dict[str, tuple[np.ndarray, list[list[int]]]] = {}
     if valid_path.is_file():
         val = _read(valid_path, BEHAVIOUR_COLUMNS).sort("user_idx")
         val = val.filter(pl.col("user_id").is_in(user_ids) & (pl.col("items").list.len() > 0))
-        if valid_max_users is not None and len(val) > valid_max_users:
-            val = val.sample(valid_max_users, seed=seed).sort("user_idx")
-        valid_rows = [row_of[u] for u in val["user_id"].to_list()]
-        valid_targets = [w[0] for w in pack_windows(tokenizer, val["items"].to_list(),
-                                                    max_target_tokens)[0]]
+        first = [w[0] for w in pack_windows(tokenizer, val["items"].to_list(), max_target_tokens)[0]]
+        rows = np.array([row_of[u] for u in val["user_id"].to_list()], dtype=np.int64)
+        for name, cap, salt in (("valid", valid_max_users, 0), ("evidence", evidence_max_users, 1)):
+            pick = np.arange(len(rows))
+            if cap is not None and len(rows) > cap:  # a fixed seeded subset
+                pick = np.sort(np.random.default_rng(seed + salt).choice(len(rows), cap, replace=False))
+            held[name] = (rows[pick], [first[i] for i in pick])
     else:
         log.warning("%s missing: no validation LM loss, no early stopping", valid_path)
 
@@ -167,6 +171,7 @@ def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
     counts = np.bincount(rows, minlength=len(user_ids))
     skipped["users_without_train_interactions"] = int((counts == 0).sum())
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return ProfileData(user_ids, windows, np.asarray(valid_rows, dtype=np.int64), valid_targets,
+    none = (np.zeros(0, dtype=np.int64), [])
+    return ProfileData(user_ids, windows, *held.get("valid", none), *held.get("evidence", none),
                        offsets, train["srow"].to_numpy().astype(np.int64),
                        train["label"].to_numpy().astype(np.int64), item_vocab, skipped)

@@ -41,7 +41,7 @@ from userip.config import ProfileConfig
 log = logging.getLogger(__name__)
 
 SUMS = ("llm", "vec", "rec", "n_inter", "grad_llm", "grad_vec", "grad_rec", "gamma", "batches")
-SURROGATE_BATCH = 4096  # interactions per surrogate warm-up step
+SURROGATE_BATCH = 1024  # interactions per surrogate warm-up step
 
 
 @dataclass
@@ -192,6 +192,31 @@ class Trainer:
             return self.cfg.gamma
         return share / (1.0 - share) * other_norm / rec_norm
 
+    def fit_shared_start(self) -> None:
+        """Tune one θ shared by every user on ``shared_steps`` batches of everyone's text and
+        start each user there: what all users have in common (the task, the text format)
+        is learned once, so a user's own steps go to what sets them apart."""
+        cfg, st = self.cfg, self.state
+        shared = st.theta[:1].clone().to(self.device).requires_grad_(True)
+        opt = torch.optim.Adam([shared], lr=cfg.lr)
+        batches = self.epoch_batches(-1)
+        for step in range(cfg.shared_steps):
+            rows, _ = self._split(batches[step % len(batches)])
+            opt.zero_grad(set_to_none=True)
+            if len(rows):
+                ids, real = pad_targets([self.data.window(r, 0) for r in rows.tolist()],
+                                        self.lm_pad)
+                nll, counts = target_nll(self.lm, self.layout, shared.expand(len(rows), -1, -1),
+                                         ids, real)
+                (nll / counts).sum().backward()
+            dd.all_sum_grads([shared])
+            opt.step()
+        with torch.no_grad():
+            st.theta.copy_(shared.detach().cpu().expand_as(st.theta))
+        valid = self.valid_loss()
+        self.progress.curves.append({"epoch": -1, "phase": "shared", "valid_llm": valid})
+        log.info("shared start tuned on %d batches: validation LM loss %.4f", cfg.shared_steps, valid)
+
     # ---- validation -------------------------------------------------------------------
     @torch.no_grad()
     def per_user_nll(self, theta: torch.Tensor, targets: list[list[int]]) -> np.ndarray:
@@ -340,6 +365,9 @@ class Trainer:
         total_epochs = warmup + cfg.max_epochs
         if not pr.curves and pr.step == 0:  # the starting point of the validation curve
             pr.curves.append({"epoch": -1, "phase": "init", "valid_llm": self.valid_loss()})
+            if cfg.theta_init == "shared" and cfg.shared_steps and not self.frozen:
+                self.fit_shared_start()
+                self.save_checkpoint()
         while not pr.done and pr.epoch < total_epochs:
             joint = pr.epoch >= warmup
             if joint and not pr.codebooks_ready:

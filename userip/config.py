@@ -97,6 +97,9 @@ class ProfileConfig(Section):
     theta_init: Literal["shared", "random"] = Field(
         "shared", description="shared: every user starts at the LM's mean input embedding; "
                               "random: an independent draw per user (the ablation)")
+    shared_steps: int = Field(
+        0, ge=0, description="theta_init shared: batches that first tune the one shared start "
+                             "on every user's text (0: the LM's mean input embedding)")
     alpha: float = Field(1.0, ge=0.0, description="weight of ℓ_vec (Eq. 7)")
     beta: float = Field(0.25, ge=0.0, description="commitment weight inside ℓ_vec (Eq. 4)")
     gamma: float = Field(1.0, ge=0.0, description="weight of ℓ_rec when rec_grad_share is null")
@@ -105,9 +108,9 @@ class ProfileConfig(Section):
         description="set γ each step so that ℓ_rec carries this share of θ's gradient norm")
     codebook_decay: float = Field(0.95, gt=0.0, lt=1.0,
                                   description="EMA decay of the codebook updates, per batch")
-    surrogate_lr: float = Field(1e-3, gt=0.0)
+    surrogate_lr: float = Field(3e-3, gt=0.0)
     surrogate_warmup_epochs: int = Field(
-        3, ge=0, description="passes over the train interactions fitting the surrogate "
+        5, ge=0, description="passes over the train interactions fitting the surrogate "
                              "before the first joint epoch")
     warmup_epochs: int = Field(1, ge=0)
     max_epochs: int = Field(3, ge=1)
@@ -125,6 +128,9 @@ class ProfileConfig(Section):
                     "(and always one used by none) is re-seeded by splitting the most used code")
     valid_max_users: int | None = Field(
         None, ge=1, description="validation LM loss on a fixed seeded subset of this many users")
+    evidence_max_users: int | None = Field(
+        None, ge=2, description="own- vs other-θ evidence on a fixed seeded subset of this many "
+                                "users with a validation text (None: all of them)")
 
     @model_validator(mode="after")
     def _shared_start_needs_warmup(self) -> "ProfileConfig":

@@ -1,0 +1,65 @@
+"""The report's "Does the profile carry the user?" section, from what the stages measured.
+
+Reads the evidence the profile stage wrote to its ``meta.json`` (own- vs other-θ LM loss)
+and the quantize stage to each method's ``meta.json`` (NMI with like-rate and taste
+against a permutation null, ARI against UserIP), both reached through the variants'
+recorded metas; nothing is recomputed here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _gap_row(label: str, g: dict[str, Any]) -> str:
+    lo, hi = g["ci95"]
+    return (f"| {label} | {g['own']:.4f} | {g['other']:.4f} | {g['gap']:+.4f} | "
+            f"[{lo:+.4f}, {hi:+.4f}] | {g['p_value']:.2g} |")
+
+
+def profile_evidence(metas: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
+    """Markdown lines and the figures behind them (for metrics.json)."""
+    md = ["## Does the profile carry the user?", ""]
+    found: dict[str, Any] = {}
+    source = next((m["source_profile"] for m in metas.values() if m.get("source_profile")), None)
+    meta_path = Path(source) / "meta.json" if source else None
+    if meta_path is not None and meta_path.is_file():
+        lm = json.loads(meta_path.read_text()).get("evidence", {})
+        found["lm"] = lm
+        if "theta" in lm:
+            md += [f"Validation LM loss (mean target NLL of the valid-split items, {lm['n_users']} "
+                   "users) with each user's own profile against another user's (a seeded "
+                   "derangement); gap = other − own per user, 95% t-interval, paired t-test. "
+                   f"Every user at the mean θ: {lm['mean_theta']:.4f}.", "",
+                   "| profile | own | other | gap | 95% CI | p |", "|---|---|---|---|---|---|",
+                   _gap_row("θ", lm["theta"]), _gap_row("code vectors", lm["code"]), ""]
+        elif lm:
+            md += [f"No LM-loss evidence: {lm.get('note', 'not measured')}.", ""]
+    rows = []
+    for variant, meta in metas.items():
+        for profile, facts in (meta.get("evidence") or {}).items():
+            if not isinstance(facts, dict):
+                continue
+            for fact, t in facts.items():
+                rows.append(f"| {variant} | {profile} | {fact} | {t['nmi']:.4f} | "
+                            f"{t['null_p99']:.4f} | {t['p_value']:.3g} | {t['users']} |")
+        if meta.get("evidence"):
+            found.setdefault("codes", {})[variant] = meta["evidence"]
+        if meta.get("ari_vs_userip"):
+            found.setdefault("ari_vs_userip", {})[variant] = meta["ari_vs_userip"]
+    if rows:
+        md += ["Normalized mutual information of each variant's codes with the user's train "
+               "like-rate (quartiles) and taste (highest-lift category), against a permutation "
+               "null (99th percentile; permutation p-value).", "",
+               "| variant | profile | attribute | NMI | null p99 | p | users |",
+               "|---|---|---|---|---|---|---|", *rows, ""]
+    for variant, ari in found.get("ari_vs_userip", {}).items():
+        md.append(f"Adjusted Rand index of `{variant}` codes against UserIP's: "
+                  + ", ".join(f"{p} {v:.3f}" for p, v in ari.items()) + ".")
+    if found.get("ari_vs_userip"):
+        md.append("")
+    if len(md) == 2:
+        md += ["(no evidence recorded: the codes come from no profile run of this version)", ""]
+    return md, found
