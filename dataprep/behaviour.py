@@ -25,13 +25,13 @@ def has_feedback(interactions: pl.DataFrame) -> bool:
 
 
 def item_names(items: pl.DataFrame) -> pl.DataFrame:
-    """(item_idx, name): the title, or "<last category> item by <brand>" without one."""
+    """(item_idx, name): the title, or "an item in <last category> by <brand>" without one."""
     title = pl.col("title").str.strip_chars()
     category = pl.col("categories").str.split(CATEGORY_SEP).list.last().str.strip_chars()
     brand = pl.col("brand").str.strip_chars()
     described = (
-        pl.when(category.str.len_chars() > 0).then(pl.lit("a ") + category + pl.lit(" item"))
-        .otherwise(pl.lit("an item"))
+        pl.lit("an item")
+        + pl.when(category.str.len_chars() > 0).then(pl.lit(" in ") + category).otherwise(pl.lit(""))
         + pl.when(brand.str.len_chars() > 0).then(pl.lit(" by ") + brand).otherwise(pl.lit(""))
     )
     name = pl.when(title.str.len_chars() > 0).then(title).otherwise(described)

@@ -54,7 +54,7 @@ def test_amazon_behaviour_text_has_feedback_review_words_and_describes_untitled_
     train = (pl.read_parquet(tmp_path / "out" / "interactions.parquet")
              .filter(pl.col("split") == "train")["item_id"].to_list())
     expected = {"B1": 'Sturdy Mug: liked "Great mug, keeps coffee hot for hours and"',  # 8 words
-                "B2": "a Headphones item by Sony: disliked",
+                "B2": "an item in Headphones by Sony: disliked",
                 "B3": 'an item: liked "ok"'}
     assert beh["items"][0].to_list() == [expected[i] for i in train]  # time order, none dropped
     assert beh["text"][0] == "; ".join(expected[i] for i in train)
