@@ -1,6 +1,7 @@
 """Fit one zoo model on one data set with or without profile codes; save, load, score.
 
-The epoch (for LightGBM: the boosting round) is chosen on validation AUC only; the best
+The epoch (for LightGBM: the boosting round) is chosen by early stopping on validation
+AUC only (``patience`` epochs without a better one, up to the ``epochs`` cap); the best
 state is kept and saved. A saved model records the code source it was trained on (bank
 version, manifest compat hash) and refuses to score against an incompatible one.
 """
@@ -32,7 +33,7 @@ from downstream.features import (
     load_interactions,
     load_users,
 )
-from downstream.layers import Hyper
+from downstream.layers import Hyper, init_weights
 from downstream.models import get_model, is_torch
 from feature_bank import FeatureBank, IncompatibleBankError
 from userip.errors import ConfigError, InputError
@@ -100,6 +101,7 @@ def fit(name: str, data: Prepared, out_dir: Path, *, seed: int, hp: Hyper, epoch
     torch.manual_seed(seed)  # before the model: its initial weights come from the global RNG
     model = cls(data.fmap, hp)
     if is_torch(name):
+        init_weights(model)
         info = _fit_torch(model, tr, va, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
                           patience=patience)
     else:

@@ -113,8 +113,8 @@ class BankConfig(Section):
 class DownstreamConfig(Section):
     models: tuple[str, ...] = ("dcn",)
     seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = Field(10, ge=1, description="upper bound; the epoch is picked on validation AUC")
-    patience: int = Field(2, ge=1, description="stop after this many epochs without a better validation AUC")
+    epochs: int = Field(50, ge=1, description="cap; the epoch is picked by early stopping on validation AUC")
+    patience: int = Field(3, ge=1, description="stop after this many epochs without a better validation AUC")
     batch_size: int = Field(1024, ge=1)
     lr: float = 1e-3
     embedding_dim: int = Field(8, ge=1)
