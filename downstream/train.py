@@ -9,6 +9,7 @@ version, manifest compat hash) and refuses to score against an incompatible one.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -62,11 +63,24 @@ class Prepared:
     splits: dict[str, Split]
     codes: dict[str, Any] | None
     data_fingerprint: str
+    held_out: str | None = None  # users_fingerprint of the users left out of training
 
 
-def prepare(data_dir: Path, codes: CodeSource | None, use_observed: bool) -> Prepared:
+def users_fingerprint(user_ids: np.ndarray) -> str:
+    """A short hash of a set of user ids (order-free)."""
+    return hashlib.sha256("\n".join(sorted(map(str, user_ids))).encode()).hexdigest()[:16]
+
+
+def prepare(data_dir: Path, codes: CodeSource | None, use_observed: bool,
+            held_out: np.ndarray | None = None) -> Prepared:
+    """Encode every split. ``held_out`` users (the new-users protocol) lose their train and
+    valid rows, so the feature map has no user index for them (they score as OOV) and
+    epochs are chosen on the other users' validation rows; their test rows stay."""
     data_dir = Path(data_dir)
     inter = load_interactions(data_dir)
+    if held_out is not None:
+        inter = inter.filter(~(pl.col("user_id").is_in([str(u) for u in held_out])
+                               & pl.col("split").is_in(["train", "valid"])))
     users = load_users(data_dir)
     train = inter.filter(pl.col("split") == "train")
     if train.height == 0 or train["label"].n_unique() < 2:
@@ -79,7 +93,8 @@ def prepare(data_dir: Path, codes: CodeSource | None, use_observed: bool) -> Pre
         uid = part["user_id"].to_numpy()
         x_cat, x_dense = encoder.encode(uid, part["item_id"].to_numpy())
         splits[name] = Split(uid, x_cat, x_dense, part["label"].to_numpy().astype(np.float32))
-    return Prepared(fmap, splits, codes_record(codes), hash_file(data_dir / "interactions.parquet"))
+    return Prepared(fmap, splits, codes_record(codes), hash_file(data_dir / "interactions.parquet"),
+                    None if held_out is None else users_fingerprint(held_out))
 
 
 def fit(name: str, data: Prepared, out_dir: Path, *, seed: int, hp: Hyper, epochs: int,
@@ -110,7 +125,7 @@ def fit(name: str, data: Prepared, out_dir: Path, *, seed: int, hp: Hyper, epoch
     record = {"model": name, "variant": variant, "seed": seed, "hyper": asdict(hp),
               "epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
               "fmap": data.fmap.to_json(), "codes": data.codes,
-              "data_fingerprint": data.data_fingerprint,
+              "data_fingerprint": data.data_fingerprint, "held_out": data.held_out,
               "train_seconds": round(time.perf_counter() - start, 3), **info, **(extra or {})}
     _save(model, record, Path(out_dir))
     return record
