@@ -177,8 +177,8 @@ def _fit_job(job: Job, data_dir: str, source: str | None, is_bank: bool, section
     rec = fit(job.model, data, out, seed=job.seed, variant=job.variant, **_settings(section),
               extra={"settings": fit_fingerprint(section), "protocol": job.protocol})
     log.info("trained %s %s/%s seed %d: val AUC %.4f at epoch %d of %d (%.1fs)", job.protocol,
-             job.variant, job.model, job.seed, rec["val_auc"], rec["best_epoch"],
-             len(rec.get("val_auc_history", [])), rec["train_seconds"])
+             job.variant, job.model, job.seed, rec["val_auc"], rec["best_epoch"], rec["epochs_run"],
+             rec["train_seconds"])
     return rec
 
 
@@ -300,8 +300,8 @@ def evaluate_all(run_dir: Path, data_dir: Path, *, bank: Path | None = None) -> 
         probs = scorer.score(uid[rows], iid[rows], users, opened.get(where) if where else None)
         m = {"model": scorer.name, "variant": scorer.record["variant"], "seed": scorer.record["seed"],
              "protocol": protocol, "val_auc": scorer.record["val_auc"],
-             "best_epoch": scorer.record["best_epoch"], "epochs_run": len(scorer.record.get("val_auc_history", [])),
-             "epoch_cap": scorer.record["epochs"], "train_seconds": scorer.record["train_seconds"],
+             "best_epoch": scorer.record["best_epoch"], "epochs_run": scorer.record.get("epochs_run"),
+             "epoch_cap": scorer.record.get("epoch_cap"), "train_seconds": scorer.record["train_seconds"],
              **ctr_metrics(uid[rows], y[rows], probs),
              "by_activity": auc_by_activity(bucket[rows], uid[rows], y[rows], probs)}
         (d / "metrics.json").write_text(json.dumps(m, indent=2))

@@ -151,7 +151,8 @@ def _fit_torch(model: torch.nn.Module, tr: Split, va: Split, *, seed: int, epoch
         elif epoch - best_epoch >= patience:
             break
     model.load_state_dict(best_state)
-    return {"best_epoch": best_epoch, "val_auc": best_auc, "val_auc_history": history}
+    return {"best_epoch": best_epoch, "val_auc": best_auc, "val_auc_history": history,
+            "epochs_run": len(history), "epoch_cap": epochs}
 
 
 @torch.inference_mode()
