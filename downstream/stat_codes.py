@@ -30,6 +30,7 @@ from dataprep.readers.base import CATEGORY_SEP
 from downstream.features import load_interactions
 from feature_bank.bank import CODES_FILE, read_parquet
 from userip.errors import InputError
+from userip.fingerprint import hash_paths
 
 History = Literal["full", "half"]
 HISTORIES: tuple[History, ...] = ("full", "half")
@@ -76,15 +77,36 @@ def stat_codes(data_dir: Path, history: History) -> tuple[pl.DataFrame, dict]:
 
 
 def write_stat_codes(data_dir: Path, out_dir: Path, history: History) -> Path:
-    """Write ``codes.parquet`` + ``meta.json`` into ``out_dir`` atomically; returns it."""
+    """Write ``codes.parquet`` + ``meta.json`` into ``out_dir`` atomically; returns it.
+
+    Codes already there for the same data files are kept as they are: every model's train
+    task of a run calls this, side by side on Dask or Ray, and a model trained on them
+    records their meta.json's hash."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    fingerprint = hash_paths([data_dir / "interactions.parquet", data_dir / "items.parquet"])
+    if _current(out_dir, fingerprint, history):
+        return out_dir
     codes, meta = stat_codes(data_dir, history)
-    out_dir = Path(out_dir)
+    meta["data_fingerprint"] = fingerprint
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     codes.write_parquet(tmp / CODES_FILE)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    if out_dir.exists():
+    if out_dir.exists():  # built from other data files
         shutil.rmtree(out_dir)
-    os.rename(tmp, out_dir)
+    try:
+        os.rename(tmp, out_dir)
+    except OSError:  # another process published them first
+        shutil.rmtree(tmp)
+        if not _current(out_dir, fingerprint, history):
+            raise
     return out_dir
+
+
+def _current(out_dir: Path, fingerprint: str, history: History) -> bool:
+    path = out_dir / "meta.json"
+    if not ((out_dir / CODES_FILE).is_file() and path.is_file()):
+        return False
+    meta = json.loads(path.read_text())
+    return (meta.get("data_fingerprint"), meta.get("history")) == (fingerprint, history)

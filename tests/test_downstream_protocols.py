@@ -177,8 +177,14 @@ def test_stat_codes_match_their_definition(ml100k_small_dir: Path, tmp_path: Pat
             assert like == int(np.searchsorted(edges, rates[u], side="right"))
             assert vocab[taste] == tops[u]
         assert codes.height == len(rates)
-    bank = FeatureBank.from_codes_dir(write_stat_codes(ml100k_small_dir, tmp_path / "s", "half"))
+    out = write_stat_codes(ml100k_small_dir, tmp_path / "s", "half")
+    bank = FeatureBank.from_codes_dir(out)
     assert bank.manifest.names == ["like_rate", "taste"] and bank.n_users == codes.height
+    # every model's train task writes them: codes of the same data files are kept, not rewritten
+    stamp = (out / "meta.json").stat().st_mtime_ns
+    assert write_stat_codes(ml100k_small_dir, out, "half") == out and (out / "meta.json").stat().st_mtime_ns == stamp
+    write_stat_codes(ml100k_small_dir, out, "full")  # another history: rebuilt
+    assert json.loads((out / "meta.json").read_text())["history"] == "full"
 
 
 def test_share_zero_turns_the_protocol_off(ml100k_small_dir: Path, quantize_dir: Path, tmp_path: Path) -> None:
