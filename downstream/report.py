@@ -26,7 +26,7 @@ import polars as pl
 
 from downstream.features import load_users, open_codes
 from downstream.metrics import ACTIVITY_BUCKETS, paired_p_value, ri_auc, ri_logloss
-from downstream.suite import (NEW_USERS, PAPER, STAT_PREFIX, VARIANT_JSON, WITHOUT, read_held_out,
+from downstream.suite import (NEW_USERS, PAPER, STAT_PREFIX, SWEEP_PREFIX, VARIANT_JSON, WITHOUT, read_held_out,
                               source_of, trained_dirs)
 from userip.config import DownstreamConfig
 from userip.errors import InputError
@@ -156,11 +156,12 @@ def _new_users_section(agg: dict, held: dict[str, Any] | None, metas: dict[str, 
 
 def _activity_table(title: str, agg: dict) -> list[str]:
     rows = [(m, v, s) for m in sorted(agg) for v, s in sorted(agg[m].items(), key=lambda kv: (kv[0] != WITHOUT, kv[0]))
-            if s["by_activity"]]
+            if s["by_activity"] and not v.startswith(SWEEP_PREFIX)]
     if not rows:
         return []
     counts = rows[0][2]["by_activity"]
-    head = " | ".join(f"{b} ({counts[b]['users']} users, {counts[b]['rows']} rows)" for b in ACTIVITY_BUCKETS)
+    head = " | ".join(f"{b} ({counts[b]['users']} user{'' if counts[b]['users'] == 1 else 's'}, "
+                      f"{counts[b]['rows']} row{'' if counts[b]['rows'] == 1 else 's'})" for b in ACTIVITY_BUCKETS)
     md = [f"### {title}", "", f"| model | variant | {head} |", "|" + "---|" * (2 + len(ACTIVITY_BUCKETS))]
     for m, v, s in rows:
         cells = [("—" if s["by_activity"][b]["auc"] is None else
@@ -369,7 +370,8 @@ def write_report(run_dir: Path, data_dir: Path, section: DownstreamConfig) -> di
     md += _new_users_section(new_agg, held, metas, section.ablation_models)
     md += ["## AUC by user activity (train interactions per user)", "",
            "Test AUC (mean ± std over seeds) on the rows of users with <= 10, 11-50 and > 50 train "
-           "interactions; — where a bucket's rows lack a label or no user falls in it.", ""]
+           "interactions (size sweeps left out); — where a bucket's rows lack a label or no user "
+           "falls in it. Mind the counts in the header: a bucket of a few rows gives a noisy AUC.", ""]
     md += _activity_table("Paper protocol (all users)", agg)
     md += _activity_table("New users (held out of CTR training)", new_agg)
     leak = leakage(agg, section.ablation_models)

@@ -8,8 +8,8 @@ size sweeps, so each with/without comparison has enough seeds for its p-value.
 
 New-users protocol (``new_user_share`` > 0): a seeded share of users is held out of CTR
 training (``held_out.json``); the ablation models fit ``without`` and every variant but
-the size sweeps once more on the other users, and are scored on the held-out users' test
-rows. Their codes still come from the code source: profile inference covers every user's
+the size sweeps and ``stat-half`` once more on the other users, and are scored on the
+held-out users' test rows. Their codes still come from the code source: profile inference covers every user's
 train history. A variant that has codes for none of the held-out users is skipped there
 (logged, and named in the report).
 
@@ -48,6 +48,9 @@ WITHOUT = "without"
 VARIANT_JSON = "variant.json"  # the variant's quantizer meta (method, K, note)
 SWEEP_PREFIX = "sweep-"
 STAT_PREFIX = "stat-"  # stat codes variants: stat-full, stat-half (downstream.stat_codes)
+# The first-half stat codes are the warm users' leakage control; the new-users protocol
+# trains on none of the held-out users' labels, so it has nothing to control for there.
+STAT_HALF = f"{STAT_PREFIX}half"
 PAPER, NEW_USERS = "paper", "new-users"
 HELD_OUT_JSON = "held_out.json"  # <run>/downstream/new-users/: the held-out users and coverage
 
@@ -222,7 +225,7 @@ def _new_users(section: DownstreamConfig, data_dir: Path, run_dir: Path,
     them) and return them with the variants the new-users protocol fits."""
     held = hold_out_users(data_dir, section.new_user_share, section.new_user_seed)
     cover = {v: coverage(open_codes(Path(p), bank=is_bank), held) for v, (p, is_bank) in sources.items()
-             if p is not None and not v.startswith(SWEEP_PREFIX)}
+             if p is not None and not v.startswith(SWEEP_PREFIX) and v != STAT_HALF}
     skipped = sorted(v for v, c in cover.items() if c == 0)
     for v in skipped:
         log.warning("new-users protocol: %s has codes for none of the %d held-out users; skipped", v, len(held))

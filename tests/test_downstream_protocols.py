@@ -83,12 +83,12 @@ def test_held_out_users_are_absent_from_ctr_training(ml100k_small_dir: Path) -> 
 def test_new_users_runs_train_without_them_and_score_only_them(run: Path, ml100k_small_dir: Path) -> None:
     held = read_held_out(run)
     assert held["share"] == 0.25 and len(held["users"]) == 10
-    assert held["coverage"] == {"userip": 1.0, "stat-full": 1.0, "stat-half": 1.0}  # no sweep variant
+    assert held["coverage"] == {"userip": 1.0, "stat-full": 1.0}  # no sweep, no leakage control
     inter = _inter(ml100k_small_dir)
     n_test = inter.filter((pl.col("split") == "test") & pl.col("user_id").is_in(held["users"])).height
     new_dirs = [d for d in trained_dirs(run) if NEW_USERS in d.parts]
     assert {(d.parts[-3], d.parts[-1]) for d in new_dirs} == {
-        (v, f"seed={s}") for v in ("without", "userip", "stat-full", "stat-half") for s in (0, 1)}
+        (v, f"seed={s}") for v in ("without", "userip", "stat-full") for s in (0, 1)}
     for d in new_dirs:
         rec = json.loads((d / "model.json").read_text())
         assert rec["protocol"] == NEW_USERS and not set(rec["fmap"]["users"]) & set(held["users"])
@@ -151,7 +151,7 @@ def test_report_sections(run: Path) -> None:
         assert heading in report
     metrics = json.loads((run / "metrics.json").read_text())
     new = metrics["new_users"]
-    assert new["n_users"] == 10 and set(new["models"]["dcn"]) == {"without", "userip", "stat-full", "stat-half"}
+    assert new["n_users"] == 10 and set(new["models"]["dcn"]) == {"without", "userip", "stat-full"}
     assert new["models"]["dcn"]["userip"]["n_seeds"] == 2
     assert set(metrics["leakage"]["dcn"]) >= {"auc_full", "auc_half", "auc_delta", "p_value"}
     assert metrics["epochs"]["paper"]["dcn"]["cap"] == 2
