@@ -1,5 +1,6 @@
 """Building blocks shared by the model zoo: one embedding layer over the feature map,
-an MLP, and the pairwise-interaction helpers several models use."""
+an MLP, the pairwise-interaction helpers several models use, and the weight
+initialisation every torch model gets before training (``init_weights``)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,25 @@ class Hyper:
     cross_layers: int = 3
 
 
+# FuxiCTR's defaults (FeatureEmbeddingDict: normal std 1e-4; BaseModel.reset_parameters:
+# xavier_normal_ weights and zero biases for every nn.Linear). Against PyTorch's default
+# Linear init and embeddings at std 1e-2, issue #10 measured our DCN at 0.7769 vs 0.7737 on ML-100K.
+EMBEDDING_STD = 1e-4
+
+
+def init_weights(model: nn.Module) -> None:
+    """FuxiCTR's initialisation, in place: every embedding table N(0, EMBEDDING_STD²),
+    every nn.Linear xavier-normal with zero bias. Parameters a model owns directly (DCN's
+    cross weights) are initialised by that model in the same convention."""
+    for m in model.modules():
+        if isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=EMBEDDING_STD)
+        elif isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class FeatureEmbedding(nn.Module):
     """All categorical fields in one table (per-field offsets) -> (B, F, dim); the dense
     profile vector, when present, is projected to one more field."""
@@ -31,7 +51,7 @@ class FeatureEmbedding(nn.Module):
         sizes = [v for _, v in fmap.fields]
         self.register_buffer("offsets", torch.tensor(np.cumsum([0, *sizes[:-1]]), dtype=torch.long))
         self.table = nn.Embedding(sum(sizes), dim)
-        nn.init.normal_(self.table.weight, std=1e-2)
+        nn.init.normal_(self.table.weight, std=EMBEDDING_STD)
         self.dense = nn.Linear(fmap.dense_dim, dim) if fmap.dense_dim else None
 
     def forward(self, x_cat: torch.Tensor, x_dense: torch.Tensor) -> torch.Tensor:

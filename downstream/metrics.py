@@ -1,4 +1,5 @@
-"""Test metrics: AUC, Logloss, UAUC, and the paper's relative improvements (Eqs. 8, 9)."""
+"""Test metrics: AUC, Logloss, UAUC, AUC by user activity, and the paper's relative
+improvements (Eqs. 8, 9)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,25 @@ def paired_p_value(with_codes: list[float], without: list[float]) -> float | Non
     if len(a) < 2 or len(a) != len(b) or np.allclose(a - b, (a - b)[0]):
         return None
     return float(stats.ttest_rel(a, b).pvalue)
+
+
+# Activity buckets by a user's train-split interactions: <= 10, 11-50, > 50.
+ACTIVITY_EDGES = (10, 50)
+ACTIVITY_BUCKETS = ("<=10", "11-50", ">50")
+
+
+def activity_bucket(train_counts: np.ndarray) -> np.ndarray:
+    """The bucket name of each count (a user with no train row is in the first bucket)."""
+    return np.asarray(ACTIVITY_BUCKETS)[np.searchsorted(ACTIVITY_EDGES, train_counts, side="left")]
+
+
+def auc_by_activity(buckets: np.ndarray, user_ids: np.ndarray, labels: np.ndarray,
+                    scores: np.ndarray) -> dict[str, dict[str, float | int | None]]:
+    """{bucket: {auc, rows, users}}; AUC is None where the bucket's rows lack a label."""
+    out: dict[str, dict[str, float | int | None]] = {}
+    for name in ACTIVITY_BUCKETS:
+        m = buckets == name
+        y = labels[m]
+        out[name] = {"auc": float(roc_auc_score(y, scores[m])) if len(np.unique(y)) == 2 else None,
+                     "rows": int(m.sum()), "users": int(len(np.unique(user_ids[m])))}
+    return out

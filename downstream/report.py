@@ -7,6 +7,11 @@ docstring) and writes ``<run>/report.md``, ``<run>/metrics.json`` and
 Statistics: mean ± sample std over seeds; the p-value is a two-sided paired t-test
 (scipy ``ttest_rel``) of test AUC with codes against without, paired by seed.
 R.I. follows the paper's Eqs. 8 and 9 against the same model without codes.
+
+Sections: the paper protocol's Tables 2-4 and Figs 6-7; "New users" (the new-users
+protocol, ``downstream.suite``); "AUC by user activity" (both protocols); "Target leakage"
+(stat codes from the full against the first-half train history, when fitted); "Epoch
+selection"; the profile probe.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import polars as pl
 
 from downstream.features import load_users, open_codes
 from downstream.profile_evidence import profile_evidence
-from downstream.metrics import paired_p_value, ri_auc, ri_logloss
-from downstream.suite import VARIANT_JSON, WITHOUT, source_of, trained_dirs
+from downstream.metrics import ACTIVITY_BUCKETS, paired_p_value, ri_auc, ri_logloss
+from downstream.suite import (NEW_USERS, PAPER, STAT_PREFIX, SWEEP_PREFIX, VARIANT_JSON, WITHOUT, read_held_out,
+                              source_of, trained_dirs)
 from userip.config import DownstreamConfig
 from userip.errors import InputError
 
@@ -55,9 +61,12 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
             "auc": float(auc.mean()), "auc_std": float(auc.std(ddof=1)) if len(auc) > 1 else 0.0,
             "logloss": float(ll.mean()), "logloss_std": float(ll.std(ddof=1)) if len(ll) > 1 else 0.0,
             "uauc": float(np.nanmean([seeds[s]["uauc"] for s in order])),
-            "n_seeds": len(order), "seeds": order,
+            "n_seeds": len(order), "seeds": order, "aucs": auc.tolist(),
             "best_epochs": [seeds[s]["best_epoch"] for s in order],
-            "p_value": None, "ri_auc": None, "ri_logloss": None,
+            "epochs_run": [seeds[s].get("epochs_run") for s in order],
+            "epoch_cap": seeds[order[0]].get("epoch_cap"), "n_rows": seeds[order[0]]["n"],
+            "by_activity": _activity_summary([seeds[s] for s in order]),
+            "p_value": None, "ri_auc": None, "ri_logloss": None, "auc_delta": None,
         }
         base = by.get((model, WITHOUT))
         if variant != WITHOUT and base:
@@ -67,10 +76,25 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
             b_auc = float(np.mean([base[s]["auc"] for s in common])) if common else None
             b_ll = float(np.mean([base[s]["logloss"] for s in common])) if common else None
             if common:
+                summary["auc_delta"] = float(np.mean([seeds[s]["auc"] for s in common])) - b_auc
                 summary["ri_auc"] = ri_auc(float(np.mean([seeds[s]["auc"] for s in common])), b_auc)
                 summary["ri_logloss"] = ri_logloss(float(np.mean([seeds[s]["logloss"] for s in common])), b_ll)
         out[model][variant] = summary
     return dict(out)
+
+
+def _activity_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per activity bucket: AUC mean ± std over the seeds where it is defined, rows, users."""
+    out = {}
+    for b in ACTIVITY_BUCKETS:
+        per = [r["by_activity"][b] for r in rows if "by_activity" in r]
+        if not per:
+            continue
+        aucs = np.array([p["auc"] for p in per if p["auc"] is not None])
+        out[b] = {"auc": float(aucs.mean()) if len(aucs) else None,
+                  "auc_std": float(aucs.std(ddof=1)) if len(aucs) > 1 else 0.0,
+                  "rows": per[0]["rows"], "users": per[0]["users"]}
+    return out
 
 
 def _fmt(s: dict[str, Any] | None, key: str) -> str:
@@ -103,6 +127,111 @@ def _compare_table(models: list[str], variant: str, agg: dict) -> list[str]:
                      f"{_pct(cur and cur['ri_auc'])} | {_pct(cur and cur['ri_logloss'])} | "
                      f"{_p(cur and cur['p_value'])} | {(cur or base)['n_seeds']} |")
     return lines
+
+
+def _new_users_section(agg: dict, held: dict[str, Any] | None, metas: dict[str, dict],
+                       models: tuple[str, ...]) -> list[str]:
+    md = ["## New users: held out of CTR training", ""]
+    if held is None:
+        return md + ["(off: `new_user_share: 0`)", ""]
+    cover = held["coverage"]
+    n_rows = next((s["n_rows"] for m in agg.values() for s in m.values()), 0)
+    md += [f"{len(held['users'])} users ({100 * held['share']:.0f}%, seed {held['seed']}) were held out "
+           "of CTR training: their train and valid rows were dropped, so the model has no user "
+           "embedding for them (OOV index) and chose its epoch on the other users' validation rows. "
+           f"Their codes come from the code source as for every user. Scored on their {n_rows} test "
+           "rows; p: paired t-test of AUC over seeds against the same model without codes on "
+           "the same users.", ""]
+    if held.get("skipped"):
+        md += [f"Skipped (codes for none of the held-out users): {', '.join(held['skipped'])}.", ""]
+    md += ["| model | variant | method | codes cover | AUC | Logloss | UAUC | ΔAUC | p (AUC) | seeds |",
+           "|" + "---|" * 10]
+    for m in models:
+        for v, s in sorted(agg.get(m, {}).items(), key=lambda kv: (kv[0] != WITHOUT, kv[0])):
+            cov = "—" if v == WITHOUT else f"{100 * cover.get(v, 0):.0f}%"
+            delta = "—" if s["auc_delta"] is None else f"{s['auc_delta']:+.4f}"
+            md.append(f"| {m} | {v} | {metas.get(v, {}).get('method', v)} | {cov} | {_fmt(s, 'auc')} | "
+                      f"{_fmt(s, 'logloss')} | {s['uauc']:.4f} | {delta} | {_p(s['p_value'])} | {s['n_seeds']} |")
+    return md + [""]
+
+
+def _activity_table(title: str, agg: dict) -> list[str]:
+    rows = [(m, v, s) for m in sorted(agg) for v, s in sorted(agg[m].items(), key=lambda kv: (kv[0] != WITHOUT, kv[0]))
+            if s["by_activity"] and not v.startswith(SWEEP_PREFIX)]
+    if not rows:
+        return []
+    counts = rows[0][2]["by_activity"]
+    head = " | ".join(f"{b} ({counts[b]['users']} user{'' if counts[b]['users'] == 1 else 's'}, "
+                      f"{counts[b]['rows']} row{'' if counts[b]['rows'] == 1 else 's'})" for b in ACTIVITY_BUCKETS)
+    md = [f"### {title}", "", f"| model | variant | {head} |", "|" + "---|" * (2 + len(ACTIVITY_BUCKETS))]
+    for m, v, s in rows:
+        cells = [("—" if s["by_activity"][b]["auc"] is None else
+                  f"{s['by_activity'][b]['auc']:.4f} ± {s['by_activity'][b]['auc_std']:.4f}") for b in ACTIVITY_BUCKETS]
+        md.append(f"| {m} | {v} | " + " | ".join(cells) + " |")
+    return md + [""]
+
+
+def leakage(agg: dict, models: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Per model with both stat variants (paper protocol, warm users): AUC of full-history
+    against first-half-history stat codes, paired by seed."""
+    out = {}
+    full, half = f"{STAT_PREFIX}full", f"{STAT_PREFIX}half"
+    for m in models:
+        f, h = agg.get(m, {}).get(full), agg.get(m, {}).get(half)
+        if f is None or h is None:
+            continue
+        fa, ha = dict(zip(f["seeds"], f["aucs"])), dict(zip(h["seeds"], h["aucs"]))
+        common = [s for s in f["seeds"] if s in ha]
+        out[m] = {"auc_full": f["auc"], "auc_half": h["auc"],
+                  "auc_delta": float(np.mean([fa[s] - ha[s] for s in common])) if common else None,
+                  "p_value": paired_p_value([fa[s] for s in common], [ha[s] for s in common]),
+                  "n_seeds": len(common)}
+    return out
+
+
+def _leakage_section(agg: dict, leak: dict[str, dict[str, Any]]) -> list[str]:
+    if not leak:
+        return []
+    md = ["## Target leakage: label-derived stat codes, full vs first-half train history", "",
+          "Stat codes (`downstream/stat_codes.py`): like-rate quartile + top category of each user's "
+          "train history, the full history (`stat-full`) or its first half by time (`stat-half`). Both "
+          "come from train labels the CTR model also trains on; on warm users (paper protocol) a "
+          "full-history code that scores above the first-half one may be reading back training labels "
+          "rather than describing the user (or may just carry twice the history).", "",
+          "| model | without | stat-half | stat-full | full − half | p (full vs half) | seeds |",
+          "|---|---|---|---|---|---|---|"]
+    for m, r in leak.items():
+        delta = "—" if r["auc_delta"] is None else f"{r['auc_delta']:+.4f}"
+        md.append(f"| {m} | {_fmt(agg[m].get(WITHOUT), 'auc')} | {_fmt(agg[m][f'{STAT_PREFIX}half'], 'auc')} | "
+                  f"{_fmt(agg[m][f'{STAT_PREFIX}full'], 'auc')} | {delta} | {_p(r['p_value'])} | {r['n_seeds']} |")
+    return md + [""]
+
+
+def epoch_selection(aggs: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    """Per protocol and model: the cap, the best epochs' range, and the fits whose best
+    epoch was the cap (the cap bound: more epochs might have scored better)."""
+    out: dict[str, dict[str, Any]] = {}
+    for protocol, agg in aggs.items():
+        for m, variants in sorted(agg.items()):
+            best = [e for s in variants.values() for e in s["best_epochs"]]
+            cap = next(iter(variants.values()))["epoch_cap"]
+            bound = sorted(v for v, s in variants.items() if cap is not None and max(s["best_epochs"]) >= cap)
+            out.setdefault(protocol, {})[m] = {"cap": cap, "min": min(best), "max": max(best),
+                                               "median": float(np.median(best)), "cap_bound": bound}
+    return out
+
+
+def _epoch_section(epochs: dict[str, dict[str, Any]], section: DownstreamConfig) -> list[str]:
+    md = ["## Epoch selection", "",
+          f"Early stopping on validation AUC: stop after {section.patience} epochs without a better "
+          "one, keep the best state. LightGBM: boosting rounds, early-stopped the same way on its own "
+          "cap. A best epoch at the cap means the cap bound.", "",
+          "| protocol | model | cap | best epoch min / median / max | cap bound for |", "|---|---|---|---|---|"]
+    for protocol, models in epochs.items():
+        for m, e in models.items():
+            md.append(f"| {protocol} | {m} | {e['cap']} | {e['min']} / {e['median']:g} / {e['max']} | "
+                      f"{', '.join(e['cap_bound']) or 'none'} |")
+    return md + [""]
 
 
 def _sizes(meta: dict[str, Any]) -> str:
@@ -198,7 +327,10 @@ def sweep_series(metas: dict[str, dict], results: dict[str, dict]) -> dict[str, 
 
 def write_report(run_dir: Path, data_dir: Path, section: DownstreamConfig) -> dict[str, Any]:
     run_dir = Path(run_dir)
-    agg = aggregate(collect(run_dir))
+    rows = collect(run_dir)
+    agg = aggregate([r for r in rows if r.get("protocol", PAPER) == PAPER])
+    new_agg = aggregate([r for r in rows if r.get("protocol") == NEW_USERS])
+    held = read_held_out(run_dir)
     metas = {p.parent.name: json.loads(p.read_text())
              for p in sorted((run_dir / "downstream").glob(f"*/{VARIANT_JSON}"))}
     notes = sorted({f"{v}: {m['note']}" for v, m in metas.items() if m.get("note")})
@@ -236,6 +368,17 @@ def write_report(run_dir: Path, data_dir: Path, section: DownstreamConfig) -> di
     md += ["## Figs 6–7 analogues: AUC / Logloss against codebook size", ""]
     md += [f"![{f}]({f})" for f in figs] or ["(needs a quantize sweep: at least two codebook sizes of one profile)"]
     md.append("")
+    md += _new_users_section(new_agg, held, metas, section.ablation_models)
+    md += ["## AUC by user activity (train interactions per user)", "",
+           "Test AUC (mean ± std over seeds) on the rows of users with <= 10, 11-50 and > 50 train "
+           "interactions (size sweeps left out); — where a bucket's rows lack a label or no user "
+           "falls in it. Mind the counts in the header: a bucket of a few rows gives a noisy AUC.", ""]
+    md += _activity_table("Paper protocol (all users)", agg)
+    md += _activity_table("New users (held out of CTR training)", new_agg)
+    leak = leakage(agg, section.ablation_models)
+    md += _leakage_section(agg, leak)
+    epochs = epoch_selection({PAPER: agg, NEW_USERS: new_agg} if new_agg else {PAPER: agg})
+    md += _epoch_section(epochs, section)
     evidence_md, evidence = profile_evidence(metas)
     md += evidence_md
     probes = probe(data_dir, run_dir, metas)
@@ -250,7 +393,10 @@ def write_report(run_dir: Path, data_dir: Path, section: DownstreamConfig) -> di
             md.append(f"| {v} | {attr} | {r['accuracy']:.3f} | {r['majority']:.3f} | {r['classes']} | {r['test_users']} |")
     md.append("")
     metrics = {"models": agg, "variants": metas, "probe": probes, "evidence": evidence, "notes": notes,
-               "primary_codes": primary, "figures": figs}
+               "primary_codes": primary, "figures": figs, "leakage": leak, "epochs": epochs,
+               "new_users": None if held is None else
+               {"models": new_agg, **{k: v for k, v in held.items() if k != "users"},
+                "n_users": len(held["users"])}}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (run_dir / "report.md").write_text("\n".join(md))
     return metrics

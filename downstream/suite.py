@@ -1,9 +1,20 @@
-"""Plan and run every (variant, model, seed) fit of a run, then score them on test.
+"""Plan and run every (protocol, variant, model, seed) fit of a run, then score them on test.
 
-Plan: ``without`` and the primary codes variant get the configured models plus the
-transfer models (Tables 2, 3); every other variant (k-means, agglomerative, dense, size
-sweeps) gets the ablation models (Table 4, Figs 6-7). A fit whose saved record matches
-the data, code source and settings is reused, so an interrupted run resumes.
+Plan, paper protocol (every user in CTR training): ``without`` and the primary codes
+variant get the configured models plus the transfer models (Tables 2, 3); every other
+variant (k-means, agglomerative, dense, stat codes, size sweeps) gets the ablation models
+(Table 4, Figs 6-7). The ablation models fit ``ablation_seeds`` on every variant but the
+size sweeps, so each with/without comparison has enough seeds for its p-value.
+
+New-users protocol (``new_user_share`` > 0): a seeded share of users is held out of CTR
+training (``held_out.json``); the ablation models fit ``without`` and every variant but
+the size sweeps and ``stat-half`` once more on the other users, and are scored on the
+held-out users' test rows. Their codes still come from the code source: profile inference covers every user's
+train history. A variant that has codes for none of the held-out users is skipped there
+(logged, and named in the report).
+
+A fit whose saved record matches the data, held-out users, code source and settings is
+reused, so an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -21,11 +32,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from downstream.features import CodeSource, load_users, open_codes
+from downstream.features import CodeSource, load_interactions, load_users, open_codes
 from downstream.layers import Hyper
-from downstream.metrics import ctr_metrics
+from downstream.metrics import activity_bucket, auc_by_activity, ctr_metrics
 from downstream.models import MODELS
-from downstream.train import MODEL_JSON, Prepared, Scorer, fit, prepare
+from downstream.stat_codes import HISTORIES, write_stat_codes
+from downstream.train import MODEL_JSON, Prepared, Scorer, fit, prepare, users_fingerprint
 from feature_bank import FeatureBank
 from feature_bank.bank import MANIFEST_FILE, read_meta
 from userip.config import DownstreamConfig
@@ -34,6 +46,13 @@ from userip.errors import ConfigError, InputError
 log = logging.getLogger(__name__)
 WITHOUT = "without"
 VARIANT_JSON = "variant.json"  # the variant's quantizer meta (method, K, note)
+SWEEP_PREFIX = "sweep-"
+STAT_PREFIX = "stat-"  # stat codes variants: stat-full, stat-half (downstream.stat_codes)
+# The first-half stat codes are the warm users' leakage control; the new-users protocol
+# trains on none of the held-out users' labels, so it has nothing to control for there.
+STAT_HALF = f"{STAT_PREFIX}half"
+PAPER, NEW_USERS = "paper", "new-users"
+HELD_OUT_JSON = "held_out.json"  # <run>/downstream/new-users/: the held-out users and coverage
 
 
 @dataclass(frozen=True)
@@ -41,10 +60,43 @@ class Job:
     variant: str
     model: str
     seed: int
+    protocol: str = PAPER
 
 
 def model_dir(run_dir: Path, job: Job) -> Path:
-    return Path(run_dir) / "downstream" / job.variant / job.model / f"seed={job.seed}"
+    base = Path(run_dir) / "downstream"
+    if job.protocol == NEW_USERS:
+        base = base / NEW_USERS
+    return base / job.variant / job.model / f"seed={job.seed}"
+
+
+def hold_out_users(data_dir: Path, share: float, seed: int) -> np.ndarray:
+    """The new-users protocol's users: ``round(share * users)`` of all users with
+    interactions, drawn with ``seed``, sorted. Refuses a draw whose test rows cannot be
+    scored (no user, or one label only) or that leaves no user to train on."""
+    path = Path(data_dir) / "interactions.parquet"
+    inter = load_interactions(Path(data_dir))
+    users = np.sort(inter["user_id"].unique().to_numpy())
+    n = int(round(share * len(users)))
+    if n < 1:
+        raise InputError(f"new_user_share={share} holds out 0 of {len(users)} users; raise it, "
+                         "or set it to 0 to turn the new-users protocol off", path=str(path))
+    if n >= len(users):
+        raise InputError(f"new_user_share={share} holds out all {len(users)} users; "
+                         "none would be left to train the CTR model on", path=str(path))
+    chosen = np.sort(np.random.default_rng(seed).choice(users, n, replace=False))
+    test = inter.filter((pl.col("split") == "test") & pl.col("user_id").is_in(chosen.tolist()))
+    if test["label"].n_unique() < 2:
+        raise InputError(f"the {n} held-out users (new_user_share={share}) have {test.height} test "
+                         "rows without both labels, so their AUC is undefined; raise new_user_share",
+                         path=str(path))
+    return chosen
+
+
+def coverage(source: CodeSource, users: np.ndarray) -> float:
+    """Share of ``users`` the code source has codes (or a dense profile) for."""
+    known = np.isin(users, source.user_ids.astype(str))
+    return float(known.mean()) if len(users) else 0.0
 
 
 def discover_codes(path: Path) -> dict[str, Path]:
@@ -54,28 +106,40 @@ def discover_codes(path: Path) -> dict[str, Path]:
         return {path.name: path}
     found = {p.name: p for p in sorted(path.iterdir()) if (p / "meta.json").is_file()} if path.is_dir() else {}
     # the quantize stage's codebook-size sweep: <quantize>/sweep/<profile>_K<k>/
-    found |= {f"sweep-{m.parent.name}": m.parent for m in sorted(path.glob("sweep/*/meta.json"))}
+    found |= {f"{SWEEP_PREFIX}{m.parent.name}": m.parent for m in sorted(path.glob("sweep/*/meta.json"))}
     if not found:
         raise InputError("no quantizer output (meta.json) here or in its sub-dirs", path=str(path))
-    if WITHOUT in found:
-        raise ConfigError(f"{path}: a codes dir may not be named {WITHOUT!r} (reserved for the baseline)")
+    reserved = sorted(v for v in found if v in (WITHOUT, NEW_USERS) or v.startswith(STAT_PREFIX))
+    if reserved:
+        raise ConfigError(f"{path}: a codes dir may not be named {reserved[0]!r} (reserved: "
+                          f"{WITHOUT!r}, {NEW_USERS!r}, {STAT_PREFIX}*)")
     return found
 
 
-def plan(section: DownstreamConfig, variants: list[str]) -> list[Job]:
+def plan(section: DownstreamConfig, variants: list[str], new_user_variants: list[str] | None = None) -> list[Job]:
+    """Every fit: the paper protocol's, then, when ``new_user_variants`` is given (codes
+    variants covering some held-out user), the new-users protocol's."""
     unknown = sorted(set(section.models + section.transfer_models + section.ablation_models) - set(MODELS))
     if unknown:
         raise ConfigError(f"unknown models {unknown}; the zoo has {sorted(MODELS)}")
     full = list(dict.fromkeys(section.models + section.transfer_models))
     ablation = list(section.ablation_models)
     primary = section.primary_codes if section.primary_codes in variants else None
+    many = list(dict.fromkeys(section.seeds + (section.ablation_seeds or section.seeds)))
+
+    def seeds(model: str, variant: str) -> list[int]:
+        return many if model in ablation and not variant.startswith(SWEEP_PREFIX) else list(section.seeds)
+
     jobs: list[Job] = []
     for variant in [WITHOUT, *variants]:
         if variant == WITHOUT:
             models = list(dict.fromkeys(full + ablation))
         else:
             models = full if variant == primary else ablation
-        jobs += [Job(variant, m, s) for m in models for s in section.seeds]
+        jobs += [Job(variant, m, s) for m in models for s in seeds(m, variant)]
+    if new_user_variants is not None:
+        jobs += [Job(v, m, s, NEW_USERS) for v in [WITHOUT, *new_user_variants] for m in ablation
+                 for s in section.ablation_seeds or section.seeds]
     return jobs
 
 
@@ -96,25 +160,28 @@ def _settings(section: DownstreamConfig) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=4)
-def _prepared(data_dir: str, source: str | None, is_bank: bool, use_observed: bool) -> Prepared:
+def _prepared(data_dir: str, source: str | None, is_bank: bool, use_observed: bool,
+              held_out: tuple[str, ...] | None) -> Prepared:
     codes = open_codes(Path(source), bank=is_bank) if source else None
-    return prepare(Path(data_dir), codes, use_observed)
+    return prepare(Path(data_dir), codes, use_observed, None if held_out is None else np.array(held_out))
 
 
 def _fit_job(job: Job, data_dir: str, source: str | None, is_bank: bool, section: DownstreamConfig,
-             run_dir: str) -> dict[str, Any]:
-    data = _prepared(data_dir, source, is_bank, section.use_observed_features)
+             run_dir: str, held_out: tuple[str, ...] | None) -> dict[str, Any]:
+    held = held_out if job.protocol == NEW_USERS else None
+    data = _prepared(data_dir, source, is_bank, section.use_observed_features, held)
     out = model_dir(Path(run_dir), job)
     old = out / MODEL_JSON
     if old.is_file():
         rec = json.loads(old.read_text())
-        if (rec.get("data_fingerprint"), rec.get("codes"), rec.get("settings")) == \
-                (data.data_fingerprint, data.codes, fit_fingerprint(section)):
+        if (rec.get("data_fingerprint"), rec.get("held_out"), rec.get("codes"), rec.get("settings")) == \
+                (data.data_fingerprint, data.held_out, data.codes, fit_fingerprint(section)):
             return rec
     rec = fit(job.model, data, out, seed=job.seed, variant=job.variant, **_settings(section),
-              extra={"settings": fit_fingerprint(section)})
-    log.info("trained %s/%s seed %d: val AUC %.4f at epoch %d (%.1fs)", job.variant, job.model,
-             job.seed, rec["val_auc"], rec["best_epoch"], rec["train_seconds"])
+              extra={"settings": fit_fingerprint(section), "protocol": job.protocol})
+    log.info("trained %s %s/%s seed %d: val AUC %.4f at epoch %d of %d (%.1fs)", job.protocol,
+             job.variant, job.model, job.seed, rec["val_auc"], rec["best_epoch"], rec["epochs_run"],
+             rec["train_seconds"])
     return rec
 
 
@@ -129,13 +196,22 @@ def train_all(section: DownstreamConfig, data_dir: Path, run_dir: Path, *,
     if bank is not None:
         opened = FeatureBank.open(bank)  # fails early on a missing or corrupt bank
         sources[opened.manifest.method] = (str(bank), True)
-    jobs = plan(section, [v for v in sources if v != WITHOUT])
-    for variant, meta in {WITHOUT: {"method": WITHOUT, "kind": None, "profiles": []},
-                          **variant_meta(codes, bank)}.items():
+    if section.stat_codes:
+        for history in HISTORIES:
+            out = write_stat_codes(Path(data_dir), Path(run_dir) / "stat-codes" / history, history)
+            sources[f"{STAT_PREFIX}{history}"] = (str(out), False)
+    variants = [v for v in sources if v != WITHOUT]
+    held, new_user_variants = None, None
+    if section.new_user_share > 0:
+        held, new_user_variants = _new_users(section, Path(data_dir), Path(run_dir), sources)
+    jobs = plan(section, variants, new_user_variants)
+    metas = {WITHOUT: {"method": WITHOUT, "kind": None, "profiles": []}, **variant_meta(codes, bank)}
+    metas |= {v: read_meta(Path(p)) for v, (p, _) in sources.items() if v.startswith(STAT_PREFIX)}
+    for variant, meta in metas.items():
         vdir = Path(run_dir) / "downstream" / variant
         vdir.mkdir(parents=True, exist_ok=True)
         (vdir / VARIANT_JSON).write_text(json.dumps(meta, indent=2))
-    args = [(j, str(data_dir), *sources[j.variant], section, str(run_dir)) for j in jobs]
+    args = [(j, str(data_dir), *sources[j.variant], section, str(run_dir), held) for j in jobs]
     if section.workers == 1:
         return [_fit_job(*a) for a in args]
     # spawn, not fork: a forked child inherits the parent's OpenMP/FAISS thread state and hangs
@@ -143,8 +219,28 @@ def train_all(section: DownstreamConfig, data_dir: Path, run_dir: Path, *,
         return list(pool.map(_fit_job, *zip(*args)))
 
 
+def _new_users(section: DownstreamConfig, data_dir: Path, run_dir: Path,
+               sources: dict[str, tuple[str | None, bool]]) -> tuple[tuple[str, ...], list[str]]:
+    """Draw the held-out users, write ``held_out.json`` (users, each variant's coverage of
+    them) and return them with the variants the new-users protocol fits."""
+    held = hold_out_users(data_dir, section.new_user_share, section.new_user_seed)
+    cover = {v: coverage(open_codes(Path(p), bank=is_bank), held) for v, (p, is_bank) in sources.items()
+             if p is not None and not v.startswith(SWEEP_PREFIX) and v != STAT_HALF}
+    skipped = sorted(v for v, c in cover.items() if c == 0)
+    for v in skipped:
+        log.warning("new-users protocol: %s has codes for none of the %d held-out users; skipped", v, len(held))
+    path = held_out_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(
+        {"share": section.new_user_share, "seed": section.new_user_seed, "fingerprint": users_fingerprint(held),
+         "coverage": cover, "skipped": skipped, "users": held.tolist()}, indent=2))
+    return tuple(held.tolist()), [v for v in cover if v not in skipped]
+
+
 def trained_dirs(run_dir: Path) -> list[Path]:
-    dirs = sorted(p.parent for p in (Path(run_dir) / "downstream").glob(f"*/*/seed=*/{MODEL_JSON}"))
+    root = Path(run_dir) / "downstream"
+    dirs = sorted(p.parent for pattern in (f"*/*/seed=*/{MODEL_JSON}", f"{NEW_USERS}/*/*/seed=*/{MODEL_JSON}")
+                  for p in root.glob(pattern))
     if not dirs:
         raise InputError("no trained models under this run dir", path=str(Path(run_dir) / "downstream"))
     return dirs
@@ -165,28 +261,52 @@ def source_of(record: dict[str, Any], bank: Path | None) -> tuple[str, bool, str
     return str(src), False, None
 
 
-def evaluate_all(run_dir: Path, data_dir: Path, *, bank: Path | None = None) -> list[dict[str, Any]]:
-    """Score every trained model on the test split; writes metrics.json beside each."""
-    from downstream.features import load_interactions
+def held_out_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "downstream" / NEW_USERS / HELD_OUT_JSON
 
-    inter = load_interactions(Path(data_dir)).filter(pl.col("split") == "test")
+
+def read_held_out(run_dir: Path) -> dict[str, Any] | None:
+    path = held_out_path(run_dir)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def evaluate_all(run_dir: Path, data_dir: Path, *, bank: Path | None = None) -> list[dict[str, Any]]:
+    """Score every trained model on the test split (a new-users model: on the held-out
+    users' test rows); writes metrics.json beside each, with AUC by user activity."""
+    inter = load_interactions(Path(data_dir))
+    counts = inter.filter(pl.col("split") == "train").group_by("user_id").len()
+    inter = inter.filter(pl.col("split") == "test")
     if inter.height == 0:
         raise InputError("no test rows", path=str(Path(data_dir) / "interactions.parquet"))
+    inter = inter.join(counts, on="user_id", how="left", maintain_order="left")
     users = load_users(Path(data_dir))
     uid, iid = inter["user_id"].to_numpy(), inter["item_id"].to_numpy()
     y = inter["label"].to_numpy().astype(np.int8)
+    bucket = activity_bucket(inter["len"].fill_null(0).to_numpy())
+    held = read_held_out(run_dir)
+    new_rows = np.isin(uid, held["users"]) if held else np.zeros(len(uid), bool)
     out = []
     opened: dict[tuple[str, bool, str | None], CodeSource] = {}  # one bank/encoder per source
     for d in trained_dirs(run_dir):
         scorer = Scorer(d)
+        protocol = scorer.record.get("protocol", PAPER)
+        rows = slice(None)
+        if protocol == NEW_USERS:
+            if held is None or scorer.record.get("held_out") != held["fingerprint"]:
+                raise InputError(f"{held_out_path(run_dir)} does not name the users this model "
+                                 "was trained without; re-run `userip train`", path=str(d))
+            rows = new_rows
         where = source_of(scorer.record, bank)
         if where is not None and where not in opened:
             path, is_bank, version = where
             opened[where] = open_codes(Path(path), bank=is_bank, version=version)
-        probs = scorer.score(uid, iid, users, opened.get(where) if where else None)
+        probs = scorer.score(uid[rows], iid[rows], users, opened.get(where) if where else None)
         m = {"model": scorer.name, "variant": scorer.record["variant"], "seed": scorer.record["seed"],
-             "val_auc": scorer.record["val_auc"], "best_epoch": scorer.record["best_epoch"],
-             "train_seconds": scorer.record["train_seconds"], **ctr_metrics(uid, y, probs)}
+             "protocol": protocol, "val_auc": scorer.record["val_auc"],
+             "best_epoch": scorer.record["best_epoch"], "epochs_run": scorer.record.get("epochs_run"),
+             "epoch_cap": scorer.record.get("epoch_cap"), "train_seconds": scorer.record["train_seconds"],
+             **ctr_metrics(uid[rows], y[rows], probs),
+             "by_activity": auc_by_activity(bucket[rows], uid[rows], y[rows], probs)}
         (d / "metrics.json").write_text(json.dumps(m, indent=2))
         out.append(m)
     return out

@@ -1,6 +1,7 @@
 """Fit one zoo model on one data set with or without profile codes; save, load, score.
 
-The epoch (for LightGBM: the boosting round) is chosen on validation AUC only; the best
+The epoch (for LightGBM: the boosting round) is chosen by early stopping on validation
+AUC only (``patience`` epochs without a better one, up to the ``epochs`` cap); the best
 state is kept and saved. A saved model records the code source it was trained on (bank
 version, manifest compat hash) and refuses to score against an incompatible one.
 """
@@ -8,6 +9,7 @@ version, manifest compat hash) and refuses to score against an incompatible one.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -32,7 +34,7 @@ from downstream.features import (
     load_interactions,
     load_users,
 )
-from downstream.layers import Hyper
+from downstream.layers import Hyper, init_weights
 from downstream.models import get_model, is_torch
 from feature_bank import FeatureBank, IncompatibleBankError
 from userip.errors import ConfigError, InputError
@@ -61,11 +63,24 @@ class Prepared:
     splits: dict[str, Split]
     codes: dict[str, Any] | None
     data_fingerprint: str
+    held_out: str | None = None  # users_fingerprint of the users left out of training
 
 
-def prepare(data_dir: Path, codes: CodeSource | None, use_observed: bool) -> Prepared:
+def users_fingerprint(user_ids: np.ndarray) -> str:
+    """A short hash of a set of user ids (order-free)."""
+    return hashlib.sha256("\n".join(sorted(map(str, user_ids))).encode()).hexdigest()[:16]
+
+
+def prepare(data_dir: Path, codes: CodeSource | None, use_observed: bool,
+            held_out: np.ndarray | None = None) -> Prepared:
+    """Encode every split. ``held_out`` users (the new-users protocol) lose their train and
+    valid rows, so the feature map has no user index for them (they score as OOV) and
+    epochs are chosen on the other users' validation rows; their test rows stay."""
     data_dir = Path(data_dir)
     inter = load_interactions(data_dir)
+    if held_out is not None:
+        inter = inter.filter(~(pl.col("user_id").is_in([str(u) for u in held_out])
+                               & pl.col("split").is_in(["train", "valid"])))
     users = load_users(data_dir)
     train = inter.filter(pl.col("split") == "train")
     if train.height == 0 or train["label"].n_unique() < 2:
@@ -78,7 +93,8 @@ def prepare(data_dir: Path, codes: CodeSource | None, use_observed: bool) -> Pre
         uid = part["user_id"].to_numpy()
         x_cat, x_dense = encoder.encode(uid, part["item_id"].to_numpy())
         splits[name] = Split(uid, x_cat, x_dense, part["label"].to_numpy().astype(np.float32))
-    return Prepared(fmap, splits, codes_record(codes), hash_file(data_dir / "interactions.parquet"))
+    return Prepared(fmap, splits, codes_record(codes), hash_file(data_dir / "interactions.parquet"),
+                    None if held_out is None else users_fingerprint(held_out))
 
 
 def fit(name: str, data: Prepared, out_dir: Path, *, seed: int, hp: Hyper, epochs: int,
@@ -100,6 +116,7 @@ def fit(name: str, data: Prepared, out_dir: Path, *, seed: int, hp: Hyper, epoch
     torch.manual_seed(seed)  # before the model: its initial weights come from the global RNG
     model = cls(data.fmap, hp)
     if is_torch(name):
+        init_weights(model)
         info = _fit_torch(model, tr, va, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
                           patience=patience)
     else:
@@ -108,7 +125,7 @@ def fit(name: str, data: Prepared, out_dir: Path, *, seed: int, hp: Hyper, epoch
     record = {"model": name, "variant": variant, "seed": seed, "hyper": asdict(hp),
               "epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
               "fmap": data.fmap.to_json(), "codes": data.codes,
-              "data_fingerprint": data.data_fingerprint,
+              "data_fingerprint": data.data_fingerprint, "held_out": data.held_out,
               "train_seconds": round(time.perf_counter() - start, 3), **info, **(extra or {})}
     _save(model, record, Path(out_dir))
     return record
@@ -134,7 +151,8 @@ def _fit_torch(model: torch.nn.Module, tr: Split, va: Split, *, seed: int, epoch
         elif epoch - best_epoch >= patience:
             break
     model.load_state_dict(best_state)
-    return {"best_epoch": best_epoch, "val_auc": best_auc, "val_auc_history": history}
+    return {"best_epoch": best_epoch, "val_auc": best_auc, "val_auc_history": history,
+            "epochs_run": len(history), "epoch_cap": epochs}
 
 
 @torch.inference_mode()

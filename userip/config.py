@@ -165,8 +165,11 @@ class BankConfig(Section):
 class DownstreamConfig(Section):
     models: tuple[str, ...] = ("dcn",)
     seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = Field(10, ge=1, description="upper bound; the epoch is picked on validation AUC")
-    patience: int = Field(2, ge=1, description="stop after this many epochs without a better validation AUC")
+    ablation_seeds: tuple[int, ...] = Field(
+        (), description="seeds of the ablation models on `without`, the Table 4 variants, the stat "
+                        "codes and the new-users protocol (the with/without comparisons); empty: `seeds`")
+    epochs: int = Field(50, ge=1, description="cap; the epoch is picked by early stopping on validation AUC")
+    patience: int = Field(3, ge=1, description="stop after this many epochs without a better validation AUC")
     batch_size: int = Field(1024, ge=1)
     lr: float = 1e-3
     embedding_dim: int = Field(8, ge=1)
@@ -177,9 +180,24 @@ class DownstreamConfig(Section):
     primary_codes: str = Field("userip", description="codes variant trained with every model (Tables 2, 3)")
     transfer_models: tuple[str, ...] = Field(("pnn", "onn", "dcnv2"), description="Table 3: primary codes on these")
     ablation_models: tuple[str, ...] = Field(("dcn",), description="Table 4 / Figs 6-7: other code variants on these")
+    new_user_share: float = Field(
+        0.2, description="new-users protocol: this seeded share of users is held out of CTR training "
+                         "(their train and valid rows dropped) and scored on its test rows; 0: off")
+    new_user_seed: int = Field(0, description="seed of the held-out user draw")
+    stat_codes: bool = Field(
+        False, description="also fit label-derived stat codes (like-rate quartile + top category) from "
+                           "each user's full and first-half train history: the target-leakage check")
     threads: int = Field(1, ge=1, description="torch/LightGBM threads per training process")
     workers: int = Field(1, ge=1, description="training processes run side by side")
     task_runner: Literal["thread", "dask", "ray"] = "thread"
+
+    @field_validator("new_user_share")
+    @classmethod
+    def _share_leaves_training_users(cls, v: float) -> float:
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"new_user_share must be in [0, 1), got {v}: 1 leaves no user to train "
+                             "the CTR model on; 0 turns the new-users protocol off")
+        return v
 
 
 class Config(Section):

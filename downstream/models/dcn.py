@@ -19,7 +19,8 @@ class CrossNet(nn.Module):
 
     def __init__(self, dim: int, layers: int) -> None:
         super().__init__()
-        self.w = nn.Parameter(torch.randn(layers, dim) * 0.01)
+        # each w_l as FuxiCTR's nn.Linear(dim, 1) under xavier_normal_: std sqrt(2 / (dim + 1))
+        self.w = nn.Parameter(torch.randn(layers, dim) * (2.0 / (dim + 1)) ** 0.5)
         self.b = nn.Parameter(torch.zeros(layers, dim))
 
     def scale_shift(self, x0_dot_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,7 +36,8 @@ class LightGBM:
         self.booster = lgb.train(params, dtrain, MAX_ROUNDS, valid_sets=[dvalid],
                                  callbacks=[lgb.early_stopping(PATIENCE, verbose=False)])
         return {"best_epoch": int(self.booster.best_iteration),
-                "val_auc": float(self.booster.best_score["valid_0"]["auc"])}
+                "val_auc": float(self.booster.best_score["valid_0"]["auc"]),
+                "epochs_run": int(self.booster.current_iteration()), "epoch_cap": MAX_ROUNDS}
 
     def predict(self, x_cat, x_dense) -> np.ndarray:
         x = np.hstack([x_cat.astype(np.float64), x_dense.astype(np.float64)])
