@@ -317,6 +317,7 @@ def variant_meta(codes: Path | None, bank: Path | None) -> dict[str, dict[str, A
     metas = {v: read_meta(p) for v, p in discover_codes(codes).items()} if codes else {}
     if bank is not None:
         m = FeatureBank.open(bank).manifest
-        metas[m.method] = {"method": m.method, "kind": "codes", "note": m.note,
-                           "profiles": [{"name": n, "K": k} for n, k in m.profiles]}
+        # the bank's codes were quantized into ``codes`` too: keep that meta's evidence
+        metas[m.method] = {**metas.get(m.method, {}), "method": m.method, "kind": "codes",
+                           "note": m.note, "profiles": [{"name": n, "K": k} for n, k in m.profiles]}
     return metas
