@@ -131,7 +131,11 @@ def test_sigkill_and_restart_ends_with_the_same_codes(tiny, tmp_path):
     cfg.write_text(f"profile:\n  model: {tiny}\n  max_target_tokens: 16\n  batch_size: 2\n"
                    f"  warmup_epochs: 1\n  max_epochs: 2\n  patience: 5\n"
                    f"  checkpoint_every: 3\n  lr: 0.01\n")
-    infer(load_config(cfg).profile, data, tmp_path / "ref")  # uninterrupted, same code path
+    # uninterrupted, in a process of its own like the killed one: bit-equality needs the same
+    # torch thread count, which earlier tests in this process may have changed
+    ref = _run_cli(cfg, data, tmp_path / "ref")
+    _, err = ref.communicate(timeout=240)
+    assert ref.returncode == 0, err
 
     ckpt = tmp_path / "killed.ckpt"
     proc = _run_cli(cfg, data, tmp_path / "killed")
