@@ -157,6 +157,15 @@ def test_only_provably_dead_staging_is_removed(tmp_path: Path) -> None:
     assert not live.exists() and foreign.is_dir()
 
 
+def test_a_writer_killed_while_setting_up_leaves_nothing_for_long(tmp_path: Path) -> None:
+    fresh, old = tmp_path / ".prep-out.fresh", tmp_path / ".prep-out.old"
+    for d in (fresh, old):  # killed between creating the folder and locking its .alive
+        d.mkdir()
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    assert remove_dead_staging(tmp_path) == [old]
+    assert fresh.is_dir()  # may be a live writer's first microseconds
+
+
 def test_staging_dir_refuses_before_any_work(tmp_path: Path) -> None:
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "a").write_text("a")

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,8 @@ from userip.errors import UseripError
 
 MARKER = ".userip-output"
 STAGING_PREFIX = ".tmp-"
+_PREP_PREFIX = ".prep-"  # a staging folder being set up, before its lock is held
+_PREP_GRACE_S = 600.0  # a ``.prep-`` folder older than this was left by a killed writer
 _ALIVE = ".alive"
 _OLD_PREFIX = ".old-"
 # The stage of callers that do not name theirs (the profile stages publish this way).
@@ -91,38 +94,59 @@ def file_lock(path: Path) -> Iterator[None]:
 def remove_dead_staging(parent: Path) -> list[Path]:
     """Remove staging folders in ``parent`` whose writer is provably gone; returns them."""
     removed = []
-    for tmp in Path(parent).glob(f"{STAGING_PREFIX}*"):
-        try:
-            fd = os.open(tmp / _ALIVE, os.O_RDONLY)
-        except OSError:
-            continue  # no lock file: not ours, or not yet set up; cannot prove it dead
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # size 0: its writer created the file but has not yet locked it
-            if os.fstat(fd).st_size:
-                shutil.rmtree(tmp, ignore_errors=True)
-                removed.append(tmp)
-        except OSError:
-            pass  # locked: its writer is alive
-        finally:
-            os.close(fd)
+    for tmp in [*Path(parent).glob(f"{_PREP_PREFIX}*"), *Path(parent).glob(f"{STAGING_PREFIX}*")]:
+        if _dead(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
     return removed
+
+
+def _dead(tmp: Path) -> bool:
+    """A ``.tmp-`` folder is dead when its lock is free: its writer locked ``.alive``
+    before giving it that name. A ``.prep-`` folder (a writer killed while setting up)
+    may still be in its first microseconds, so it counts as dead only once it is old."""
+    preparing = tmp.name.startswith(_PREP_PREFIX)
+    try:
+        fd = os.open(tmp / _ALIVE, os.O_RDONLY)
+    except OSError:
+        return preparing and _older_than(tmp, _PREP_GRACE_S)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # locked: its writer is alive
+    else:
+        return not preparing or _older_than(tmp, _PREP_GRACE_S)
+    finally:
+        os.close(fd)
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False
 
 
 @contextmanager
 def staging_dir(dest: Path, stage: str = UNNAMED_STAGE) -> Iterator[Path]:
     """A staging folder beside ``dest``, removed on exit; refuses a ``dest`` that
-    ``stage`` may not replace before any work starts, and clears dead staging folders."""
+    ``stage`` may not replace before any work starts, and clears dead staging folders.
+
+    The folder is set up as ``.prep-*`` (created, ``.alive`` locked) and only then renamed
+    to ``.tmp-*``, so every ``.tmp-*`` folder has a lock that tells whether its writer lives.
+    """
     dest = Path(dest).absolute()
     dest.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(dest.parent):  # not mid-swap of another publisher
         check_output_dir(dest, stage)
     remove_dead_staging(dest.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{dest.name}.", dir=dest.parent))
-    fd = os.open(tmp / _ALIVE, os.O_RDWR | os.O_CREAT, 0o644)
+    prep = Path(tempfile.mkdtemp(prefix=f"{_PREP_PREFIX}{dest.name}.", dir=dest.parent))
+    fd = os.open(prep / _ALIVE, os.O_RDWR | os.O_CREAT, 0o644)
+    tmp = prep
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, b"1")
+        tmp = prep.with_name(STAGING_PREFIX + prep.name[len(_PREP_PREFIX):])
+        os.rename(prep, tmp)
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
