@@ -6,8 +6,11 @@ Each size runs in its own process (so ``max_rss_mb`` is that size's peak): a qua
 output with two profiles (K = 16 and 8, random codes) and ids ``u<n>`` is written,
 ``feature_bank.publish`` publishes it, ``FeatureBank.open`` opens it (with every check
 open makes), and ``lookup`` answers 10,000 random ids (a tenth unknown); the median of 20
-lookups is reported. Targets at 10^7 users (issue #11): lookup < 5 ms, open < 5 s,
-publish < 20 s, RSS < 1 GB.
+lookups is reported, and ``lookup_correct`` says whether the answers equal the codes
+written. ``max_rss_mb`` is the process's peak (data generation and publish included);
+``rss_after_open_mb`` what it holds once the bank is open and has served lookups.
+Targets at 10^7 users (issue #11): lookup < 5 ms, open < 5 s, publish < 20 s,
+RSS < 1 GB.
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def _rss_now_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
 def one_size(n: int, work: Path) -> dict:
     import numpy as np
     import polars as pl
@@ -36,9 +46,9 @@ def one_size(n: int, work: Path) -> dict:
     rng = np.random.default_rng(0)
     codes = work / "codes"
     codes.mkdir()
+    hobby, background = rng.integers(0, 16, n, dtype=np.int32), rng.integers(0, 8, n, dtype=np.int32)
     pl.DataFrame({"user_id": pl.int_range(n, eager=True).cast(pl.String).str.replace(r"^", "u"),
-                  "hobby": rng.integers(0, 16, n, dtype=np.int32),
-                  "background": rng.integers(0, 8, n, dtype=np.int32)}).write_parquet(codes / "codes.parquet")
+                  "hobby": hobby, "background": background}).write_parquet(codes / "codes.parquet")
     (codes / "meta.json").write_text(json.dumps({"method": "kmeans", "kind": "codes", "profiles": [
         {"name": "hobby", "K": 16}, {"name": "background", "K": 8}]}))
     t = time.perf_counter()
@@ -47,16 +57,23 @@ def one_size(n: int, work: Path) -> dict:
     t = time.perf_counter()
     bank = FeatureBank.open(work / "bank")
     open_s = time.perf_counter() - t
-    query = np.array([f"u{i}" for i in rng.integers(0, n + n // 9, 10_000)], dtype=object)
+    picks = rng.integers(0, n + n // 9, 10_000)
+    query = np.array([f"u{i}" for i in picks], dtype=object)
+    known = picks < n
+    want = np.column_stack([np.where(known, hobby[np.minimum(picks, n - 1)], 16),
+                            np.where(known, background[np.minimum(picks, n - 1)], 8)])
     laps = []
     for _ in range(20):
         t = time.perf_counter()
-        bank.lookup(query)
+        got = bank.lookup(query)
         laps.append(time.perf_counter() - t)
     return {"users": n, "publish_s": round(publish_s, 3), "open_s": round(open_s, 3),
             "lookup_10k_ms": round(1000 * statistics.median(laps), 3),
+            "lookup_correct": bool((got == want).all()),
+            "rss_after_open_mb": _rss_now_mb(),
             "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "parquet_mb": round(sum(p.stat().st_size for p in (work / "bank").rglob("codes.parquet")) / 2**20, 2)}
+            "parquet_mb": round(sum(p.stat().st_size for p in (work / "bank").rglob("codes.parquet")) / 2**20, 2),
+            "index_mb": round(sum(p.stat().st_size for p in (work / "bank").rglob("user_index.npy")) / 2**20, 2)}
 
 
 def main() -> None:
