@@ -40,7 +40,7 @@ from userip.atomic import (MARKER, check_output_dir, file_lock, publish_dir, sta
 from userip.errors import ConfigError, InputError, UseripError
 from userip.fingerprint import sha256_file
 from feature_bank.index import (HASH_NAME, INDEX_FILE, IndexFileError, UserIndex, new_seed,
-                                sorted_table)
+                                sorted_hashes, write_index)
 
 LATEST = "LATEST"
 CODES_FILE = "codes.parquet"
@@ -274,7 +274,7 @@ def publish(codes_dir: Path, bank_dir: Path, keep: int = 5, *, codebook: Path | 
     with staging_dir(bank_dir / f"{_PREFIX}{version}", stage=_VERSION_STAGE) as tmp:
         df.write_parquet(tmp / CODES_FILE, compression="zstd")
         seed = new_seed()
-        np.save(tmp / INDEX_FILE, sorted_table(df["user_id"].to_arrow(), seed))
+        write_index(tmp / INDEX_FILE, *sorted_hashes(df["user_id"], seed))
         index = {"hash": HASH_NAME, "seed": seed, "sha256": sha256_file(tmp / INDEX_FILE)}
         digest = sha256_file(tmp / CODES_FILE)
         with file_lock(bank_dir / _BANK_LOCK):
@@ -356,8 +356,9 @@ class FeatureBank:
     def open(cls, bank_dir: str | Path, version: str | None = None) -> FeatureBank:
         """Open ``version`` (a name under the bank, with or without ``version=``), else
         LATEST, after checking it against its manifest: row count, sha256 of the codes
-        file and of the user index, non-null unique ids, codes in [0, K). A LATEST version deleted between
-        reading the pointer and reading its files is retried on the new pointer."""
+        file and of the user index, non-null unique ids, codes in [0, K). A LATEST
+        version deleted between reading the pointer and reading its files is retried on
+        the new pointer."""
         bank_dir = Path(bank_dir)
         for attempt in range(5):
             path = _resolve_version(bank_dir, version)
@@ -424,11 +425,12 @@ class FeatureBank:
                                         + "; ".join(diffs))
 
 
-def _index_of(path: Path, entry: dict[str, Any]) -> tuple[Path, int]:
+def _index_of(path: Path, entry: Any) -> tuple[Path, int]:
     """The user index file of the version at ``path`` and its hash seed, checked against
     the manifest's ``index`` entry (hash function, seed, sha256)."""
     index_file = path / INDEX_FILE
-    if entry.get("hash") != HASH_NAME or not isinstance(entry.get("seed"), int):
+    if not isinstance(entry, dict) or entry.get("hash") != HASH_NAME \
+            or not isinstance(entry.get("seed"), int) or not 0 <= entry["seed"] < 2**64:
         raise BankError(f"{path / MANIFEST_FILE}: index entry {entry!r} is not a {HASH_NAME!r} "
                         "index; re-publish it with `userip export`")
     if not index_file.is_file():

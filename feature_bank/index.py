@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -73,12 +74,14 @@ def _hash_chunk(ids: pa.LargeStringArray, seed: np.uint64) -> np.ndarray:
     return h
 
 
-def hash_ids(ids: pa.Array, seed: int) -> np.ndarray:
-    """uint64 hash of every id (nulls hash like the empty string), ``_CHUNK`` at a time."""
-    ids = ids.cast(pa.large_string())
+def hash_ids(ids: pa.Array | pl.Series, seed: int) -> np.ndarray:
+    """uint64 hash of every id (nulls hash like the empty string), ``_CHUNK`` at a time
+    (a polars Series is converted to Arrow one chunk at a time)."""
     out = np.empty(len(ids), np.uint64)
     for s in range(0, len(ids), _CHUNK):
-        out[s:s + _CHUNK] = _hash_chunk(ids.slice(s, _CHUNK), np.uint64(seed))
+        part = ids.slice(s, _CHUNK)
+        part = part.to_arrow() if isinstance(part, pl.Series) else part
+        out[s:s + _CHUNK] = _hash_chunk(part.cast(pa.large_string()), np.uint64(seed))
     return out
 
 
@@ -99,9 +102,9 @@ class UserIndex:
     directory read and a binary search of a few steps inside its bucket, whatever the
     number of users."""
 
-    def __init__(self, ids: pa.Array, table: np.ndarray, seed: int) -> None:
+    def __init__(self, ids: pa.Array, hashes: np.ndarray, rows: np.ndarray, seed: int) -> None:
         self._ids, self._seed = ids, seed
-        self._hashes, self._rows = table[0], table[1]
+        self._hashes, self._rows = hashes, rows
         n = len(ids)
         self._shift = np.uint64(64 - max(n.bit_length() - 2, 1))
         self._dir = _directory(self._hashes, self._shift)
@@ -110,7 +113,7 @@ class UserIndex:
 
     @classmethod
     def build(cls, ids: pa.Array, seed: int) -> UserIndex:
-        return cls(ids, sorted_table(ids, seed), seed)
+        return cls(ids, *sorted_hashes(ids, seed), seed)
 
     @classmethod
     def load(cls, path: Path, ids: pa.Array, seed: int) -> UserIndex:
@@ -127,7 +130,7 @@ class UserIndex:
             raise IndexFileError(f"holds {table.dtype} {table.shape}, not uint64 (2, {n})")
         if n and (int(table[1].max()) >= n or bool((table[0][1:] < table[0][:-1]).any())):
             raise IndexFileError("hashes are not sorted or rows are out of range")
-        return cls(ids, table, seed)
+        return cls(ids, table[0], table[1], seed)
 
     def positions(self, user_ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """int64 row of each id in ``ids``; ``len(ids)`` for ids it does not hold."""
@@ -170,11 +173,18 @@ def longest_run(sorted_hashes: np.ndarray) -> int:
     return 1 + int(np.diff(np.r_[-1, breaks, tied.size - 1]).max())
 
 
-def sorted_table(ids: pa.Array, seed: int) -> np.ndarray:
-    """(2, n) uint64: the sorted hashes of ``ids`` and the row of each."""
+def sorted_hashes(ids: pa.Array | pl.Series, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The hashes of ``ids``, sorted, and the row of each (both uint64)."""
     h = hash_ids(ids, seed)
-    order = np.argsort(h)
-    table = np.empty((2, len(h)), np.uint64)
-    np.take(h, order, out=table[0])
-    table[1] = order
-    return table
+    rows = np.argsort(h)
+    return h[rows], rows.view(np.uint64)
+
+
+def write_index(path: Path, hashes: np.ndarray, rows: np.ndarray) -> None:
+    """``path`` as the .npy of the (2, n) uint64 array [hashes, rows], written from the two
+    arrays as they are (no stacked copy of both in memory)."""
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": "<u8", "fortran_order": False, "shape": (2, len(hashes))})
+        hashes.astype("<u8", copy=False).tofile(fh)
+        rows.astype("<u8", copy=False).tofile(fh)

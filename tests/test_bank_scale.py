@@ -194,9 +194,13 @@ def test_a_missing_index_is_an_incomplete_version(version: Path) -> None:
         FeatureBank.open(version.parent)
 
 
-def test_an_unknown_index_hash_is_refused(version: Path) -> None:
+@pytest.mark.parametrize("edit", [
+    lambda e: {**e, "hash": "md5-of-nothing"}, lambda e: {**e, "seed": -1},
+    lambda e: {**e, "seed": 2**64}, lambda e: {**e, "seed": "7"}, lambda e: "user_index.npy",
+])
+def test_an_unknown_index_entry_is_refused(version: Path, edit) -> None:
     manifest = _manifest(version)
-    manifest["index"]["hash"] = "md5-of-nothing"
+    manifest["index"] = edit(manifest["index"])
     (version / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BankError, match="is not a 'fmix64-words-v1' index; re-publish"):
         FeatureBank.open(version.parent)
