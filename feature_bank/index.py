@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 HASH_NAME = "fmix64-words-v1"
 INDEX_FILE = "user_index.npy"
-_CHUNK = 1 << 20  # ids hashed per step: bounds the temporary arrays
+_CHUNK = 1 << 18  # ids hashed per step: bounds the temporary arrays (about 20 MB)
 _ALL = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 _PHI = np.uint64(0x9E37_79B9_7F4A_7C15)
 _C1 = np.uint64(0xFF51_AFD7_ED55_8CCD)
@@ -145,13 +145,10 @@ class UserIndex:
             lo, hi = np.where((lo < hi) & less, mid + 1, lo), np.where(less, hi, mid)
         out = np.full(len(query), n, np.int64)
         for k in range(self._run):  # almost always one pass: no two ids share a hash
-            at = lo + k
-            todo = np.flatnonzero((at < n) & (out == n))
-            todo = todo[self._hashes[at[todo]] == h[todo]]
-            rows = self._rows[at[todo]].astype(np.int64)
-            same = pc.equal(self._ids.take(rows), query.take(todo)).fill_null(False)
-            hit = same.to_numpy(zero_copy_only=False)
-            out[todo[hit]] = rows[hit]
+            # the candidate row; past the end the last one (the id check then decides)
+            rows = self._rows[np.minimum(lo + k, n - 1)].astype(np.int64)
+            same = pc.equal(self._ids.take(rows), query).fill_null(False)
+            out = np.where(same.to_numpy(zero_copy_only=False), rows, out)
         return out
 
 
