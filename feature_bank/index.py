@@ -26,7 +26,6 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 HASH_NAME = "fmix64-words-v1"
 INDEX_FILE = "user_index.npy"
@@ -95,14 +94,14 @@ def as_id_array(user_ids: Sequence[str] | np.ndarray) -> pa.LargeStringArray:
 
 
 class UserIndex:
-    """Row of each id in ``ids`` (an Arrow string array of unique, non-null ids).
+    """Row of each id in ``ids`` (a String Series of unique, non-null ids).
 
     Besides the sorted hashes it keeps a directory over their top ``bits`` bits (where
     each bucket of hashes starts; two to four hashes a bucket), so finding a hash is one
     directory read and a binary search of a few steps inside its bucket, whatever the
     number of users."""
 
-    def __init__(self, ids: pa.Array, hashes: np.ndarray, rows: np.ndarray, seed: int) -> None:
+    def __init__(self, ids: pl.Series, hashes: np.ndarray, rows: np.ndarray, seed: int) -> None:
         self._ids, self._seed = ids, seed
         self._hashes, self._rows = hashes, rows
         n = len(ids)
@@ -112,11 +111,11 @@ class UserIndex:
         self._run = longest_run(self._hashes)
 
     @classmethod
-    def build(cls, ids: pa.Array, seed: int) -> UserIndex:
+    def build(cls, ids: pl.Series, seed: int) -> UserIndex:
         return cls(ids, *sorted_hashes(ids, seed), seed)
 
     @classmethod
-    def load(cls, path: Path, ids: pa.Array, seed: int) -> UserIndex:
+    def load(cls, path: Path, ids: pl.Series, seed: int) -> UserIndex:
         """The index at ``path`` (memory-mapped), checked to be one for ``len(ids)`` rows:
         shape, dtype, sorted hashes, rows in range. Raises ``IndexFileError``."""
         try:
@@ -136,6 +135,7 @@ class UserIndex:
         """int64 row of each id in ``ids``; ``len(ids)`` for ids it does not hold."""
         query = as_id_array(user_ids)
         h = hash_ids(query, self._seed)
+        asked = pl.Series(query, dtype=pl.String)
         bucket = (h >> self._shift).astype(np.intp)
         lo, hi = self._dir[bucket], self._dir[bucket + 1]
         n = len(self._ids)
@@ -147,8 +147,8 @@ class UserIndex:
         for k in range(self._run):  # almost always one pass: no two ids share a hash
             # the candidate row; past the end the last one (the id check then decides)
             rows = self._rows[np.minimum(lo + k, n - 1)].astype(np.int64)
-            same = pc.equal(self._ids.take(rows), query).fill_null(False)
-            out = np.where(same.to_numpy(zero_copy_only=False), rows, out)
+            same = (self._ids.gather(rows) == asked).fill_null(False).to_numpy()
+            out = np.where(same, rows, out)
         return out
 
 
@@ -174,7 +174,8 @@ def sorted_hashes(ids: pa.Array | pl.Series, seed: int) -> tuple[np.ndarray, np.
     """The hashes of ``ids``, sorted, and the row of each (both uint64)."""
     h = hash_ids(ids, seed)
     rows = np.argsort(h)
-    return h[rows], rows.view(np.uint64)
+    h.sort()  # in place: no third array of n hashes
+    return h, rows.view(np.uint64)
 
 
 def write_index(path: Path, hashes: np.ndarray, rows: np.ndarray) -> None:

@@ -78,7 +78,7 @@ def test_ids_built_to_collide_are_each_answered_with_their_own_row() -> None:
     crafted = colliding_ids(seed, 3)
     assert len(set(hash_ids(pa.array(crafted), seed).tolist())) == 1  # a real 3-way collision
     ids = sorted([*crafted, "u1", "u2"])
-    index = UserIndex.build(pa.array(ids, pa.large_string()), seed)
+    index = UserIndex.build(pl.Series(ids), seed)
     query = [crafted[2], "nobody", crafted[0], "u2", crafted[1], crafted[0][:-1] + "9"]
     want = [ids.index(q) if q in ids else len(ids) for q in query]
     assert index.positions(query).tolist() == want
