@@ -1,11 +1,11 @@
 """The bank's user index: string ids hashed once to 64-bit integers, sorted, searched.
 
 A lookup hashes its query ids (numpy over the Arrow string buffers, no Python loop),
-finds them in the sorted hashes with ``np.searchsorted`` and then compares the stored
-string id of every candidate row with the query: a hash only proposes a row, the exact
-id decides. So equal hashes (two ids that collide) are answered right, and an index that
-does not match the ids (stale, tampered) can only make users unknown, never give one
-user another's codes.
+finds each hash in the sorted hashes (a directory of buckets, then a few vectorised
+binary-search steps) and then compares the stored string id of every candidate row with
+the query: a hash only proposes a row, the exact id decides. So equal hashes (two ids
+that collide) are answered right, and an index that does not match the ids (stale,
+tampered) can only make users unknown, never give one user another's codes.
 
 On disk a published version holds the index as ``user_index.npy``: a (2, n) uint64 array,
 row 0 the sorted hashes, row 1 the ``codes.parquet`` row of each; it is opened with
@@ -74,8 +74,8 @@ def _hash_chunk(ids: pa.LargeStringArray, seed: np.uint64) -> np.ndarray:
 
 
 def hash_ids(ids: pa.Array | pl.Series, seed: int) -> np.ndarray:
-    """uint64 hash of every id (nulls hash like the empty string), ``_CHUNK`` at a time
-    (a polars Series is converted to Arrow one chunk at a time)."""
+    """uint64 hash of every id, ``_CHUNK`` at a time (a polars Series is converted to
+    Arrow one chunk at a time). A null gets some hash; it matches no id all the same."""
     out = np.empty(len(ids), np.uint64)
     for s in range(0, len(ids), _CHUNK):
         part = ids.slice(s, _CHUNK)
@@ -96,10 +96,10 @@ def as_id_array(user_ids: Sequence[str] | np.ndarray) -> pa.LargeStringArray:
 class UserIndex:
     """Row of each id in ``ids`` (a String Series of unique, non-null ids).
 
-    Besides the sorted hashes it keeps a directory over their top ``bits`` bits (where
-    each bucket of hashes starts; two to four hashes a bucket), so finding a hash is one
-    directory read and a binary search of a few steps inside its bucket, whatever the
-    number of users."""
+    Besides the sorted hashes it keeps a directory over their top bits (where each
+    bucket of hashes starts; one to four hashes a bucket on average), so finding a hash
+    is one directory read and a binary search of a few steps inside its bucket, whatever
+    the number of users."""
 
     def __init__(self, ids: pl.Series, hashes: np.ndarray, rows: np.ndarray, seed: int) -> None:
         self._ids, self._seed = ids, seed
