@@ -367,9 +367,13 @@ class FeatureBank:
             try:
                 return cls._open_version(path)
             except FileNotFoundError as exc:
-                if path.is_dir():
+                # retention deletes a version only after LATEST has moved off it: one
+                # LATEST no longer names is being deleted (its folder may still be there,
+                # part emptied), not incomplete
+                retired = version is None and _latest_name(bank_dir) != path.name
+                if not retired and path.is_dir():
                     raise BankError(f"{path}: incomplete version ({exc})") from exc
-                if version is not None or attempt == 4:
+                if not retired or attempt == 4:
                     raise BankError(f"{path}: deleted while opening it") from exc
         raise AssertionError("unreachable")
 
