@@ -7,7 +7,16 @@ retention: a reader following ``LATEST`` never sees a half-written version, two
 publishers never touch each other's staging folders, and a publisher killed mid-write
 leaves only a ``.tmp-*`` folder that readers ignore and a later publish removes once it
 can prove its writer dead. Opening a version checks it against its manifest (sha256 of
-``codes.parquet``, row count) and checks every code.
+``codes.parquet`` and of the user index, row count) and checks every id and code, with
+column-wide operations only (no Python loop over users).
+
+A version holds ``codes.parquet`` (``user_id`` + one int32 column per profile, sorted by
+``user_id``: the export an online store reads) and ``user_index.npy``
+(``feature_bank.index``: the ids' 64-bit hashes, sorted, with the row of each), written
+in the same staging folder and named in the manifest's ``index`` entry (hash function,
+seed, sha256). Opening memory-maps the index (the mapping keeps the file readable after
+retention deletes the version); a lookup hashes its query ids and confirms every
+candidate row against the exact string id.
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ from userip.atomic import (MARKER, check_output_dir, file_lock, publish_dir, sta
                            staging_dir, write_text_atomic)
 from userip.errors import ConfigError, InputError, UseripError
 from userip.fingerprint import sha256_file
-from userip.ids import IdIndex
+from feature_bank.index import (HASH_NAME, INDEX_FILE, IndexFileError, UserIndex, new_seed,
+                                sorted_hashes, write_index)
 
 LATEST = "LATEST"
 CODES_FILE = "codes.parquet"
@@ -66,6 +76,9 @@ class Manifest:
     method: str
     version: str = "unpublished"
     codes_sha256: str | None = None
+    # the user index file: {"hash": HASH_NAME, "seed": int, "sha256": str}; None in
+    # versions published before it existed (opening those builds the index in memory)
+    index: dict[str, Any] | None = None
     note: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -131,8 +144,9 @@ def read_parquet(path: Path, columns: Iterable[str] | None = None) -> pl.DataFra
 
 
 def read_codes(codes_dir: Path) -> tuple[dict[str, Any], pl.DataFrame]:
-    """Validated codes of one quantizer output dir: at least one user, ids non-null string
-    scalars and unique, codes integers in [0, K) (K is the reserved unknown code)."""
+    """Validated codes of one quantizer output dir, sorted by user id: at least one user,
+    ids non-null string scalars and unique, codes integers in [0, K) (K is the reserved
+    unknown code)."""
     codes_dir = Path(codes_dir)
     meta = read_meta(codes_dir)
     if meta["kind"] != "codes":
@@ -143,9 +157,12 @@ def read_codes(codes_dir: Path) -> tuple[dict[str, Any], pl.DataFrame]:
     return meta, check_codes(df, [(p["name"], int(p["K"])) for p in meta["profiles"]], path)
 
 
-def check_codes(df: pl.DataFrame, profiles: Sequence[tuple[str, int]], path: Path) -> pl.DataFrame:
-    """``df`` as (user_id String, one Int32 column per profile) if it is a valid bank;
-    else InputError naming the file, row and column."""
+def check_codes(df: pl.DataFrame, profiles: Sequence[tuple[str, int]], path: Path, *,
+                published: bool = False) -> pl.DataFrame:
+    """``df`` as (user_id String, one Int32 column per profile), sorted by user_id, if it
+    is a valid bank; else InputError naming the file, row and column. ``published``: df is
+    a bank version's file, which publish wrote sorted; it is checked to be sorted instead
+    of sorted here. Ids are unique when each is greater than the one before it."""
     names = [n for n, _ in profiles]
     reserved = [n for n in names if n == "user_id" or n.startswith("dist_")] + \
         [n for n in set(names) if names.count(n) > 1]
@@ -160,18 +177,27 @@ def check_codes(df: pl.DataFrame, profiles: Sequence[tuple[str, int]], path: Pat
         if not df.schema[n].is_integer():
             raise InputError(f"codes have type {df.schema[n]}, not integer", path=str(path), field=n)
     df = df.select(pl.col("user_id").cast(pl.String), *names)
-    nulls = df.with_row_index("row").filter(pl.col("user_id").is_null())
-    if nulls.height:
-        raise InputError("user_id is null", path=str(path), line=int(nulls["row"][0]), field="user_id")
-    if df["user_id"].is_duplicated().any():
-        dup = df.filter(pl.col("user_id").is_duplicated())["user_id"][0]
-        raise InputError(f"user_id {dup!r} occurs more than once", path=str(path), field="user_id")
+    if df["user_id"].null_count():
+        raise InputError("user_id is null", path=str(path), line=int(df["user_id"].is_null().arg_max()),
+                         field="user_id")
     for name, k in profiles:
-        bad = df.with_row_index("row").filter(
-            pl.col(name).is_null() | (pl.col(name) < 0) | (pl.col(name) >= k))
-        if bad.height:
+        col = df[name]
+        if col.null_count() or col.min() < 0 or col.max() >= k:
+            bad = df.with_row_index("row").filter(
+                pl.col(name).is_null() | (pl.col(name) < 0) | (pl.col(name) >= k))
             raise InputError(f"code {bad[name][0]} outside [0, {k})", path=str(path),
                              line=int(bad["row"][0]), field=name)
+    if not published:  # one thread: about a quarter less peak memory than a parallel sort
+        df = df.sort("user_id", multithreaded=False)
+    ids = df["user_id"]
+    not_after = ids.slice(1) <= ids.slice(0, ids.len() - 1)
+    if not_after.any():
+        row = int(not_after.arg_max())
+        if ids[row] == ids[row + 1]:
+            raise InputError(f"user_id {ids[row]!r} occurs more than once", path=str(path),
+                             field="user_id")
+        raise InputError("user ids are not in the sorted order publish wrote them in",
+                         path=str(path), line=row + 1, field="user_id")
     return df.with_columns(pl.col(n).cast(pl.Int32) for n in names)
 
 
@@ -246,12 +272,18 @@ def publish(codes_dir: Path, bank_dir: Path, keep: int = 5, *, codebook: Path | 
     _claim_bank(bank_dir)
     version = _timestamp()
     with staging_dir(bank_dir / f"{_PREFIX}{version}", stage=_VERSION_STAGE) as tmp:
-        df.sort("user_id").write_parquet(tmp / CODES_FILE, compression="zstd")
+        df.write_parquet(tmp / CODES_FILE, compression="zstd")
+        ids = df["user_id"]
+        del df  # the codes are written: only the ids are needed for the index
+        seed = new_seed()
+        write_index(tmp / INDEX_FILE, *sorted_hashes(ids, seed))
+        index = {"hash": HASH_NAME, "seed": seed, "sha256": sha256_file(tmp / INDEX_FILE)}
         digest = sha256_file(tmp / CODES_FILE)
         with file_lock(bank_dir / _BANK_LOCK):
             while (bank_dir / f"{_PREFIX}{version}").exists():  # same microsecond: next one
                 version = _timestamp()
-            manifest = dataclasses.replace(manifest, version=version, codes_sha256=digest)
+            manifest = dataclasses.replace(manifest, version=version, codes_sha256=digest,
+                                           index=index)
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest.to_json(), indent=2))
             final = bank_dir / f"{_PREFIX}{version}"
             publish_dir(tmp, final, stage=_VERSION_STAGE)
@@ -300,32 +332,49 @@ def _resolve_version(bank_dir: Path, version: str | None) -> Path:
 
 
 class FeatureBank:
-    """Codes of one bank version, indexed once for vectorised lookups."""
+    """Codes of one bank version with its user index, for vectorised lookups."""
 
-    def __init__(self, manifest: Manifest, user_ids: np.ndarray, codes: np.ndarray,
-                 source: str) -> None:
+    def __init__(self, manifest: Manifest, frame: pl.DataFrame, source: str,
+                 index: tuple[Path, int] | None = None) -> None:
+        """``frame``: checked codes (``check_codes``); ``index``: its user index file
+        (sha256 already checked against the manifest) and hash seed, else one is built."""
         self.manifest = manifest
         self.source = source
-        self._users = IdIndex(user_ids)
+        self._ids = frame["user_id"]
+        if index is None:
+            self._users = UserIndex.build(self._ids, new_seed())
+        else:
+            try:
+                self._users = UserIndex.load(index[0], self._ids, index[1])
+            except IndexFileError as exc:
+                raise BankError(f"{index[0]}: {exc}") from exc
         # last row holds the unknown code K_m for every profile
-        self._codes = np.vstack([codes.astype(np.int64),
-                                 np.asarray(manifest.sizes, dtype=np.int64)[None, :]])
+        sizes = np.asarray(manifest.sizes, dtype=np.int64)
+        self._codes = np.empty((frame.height + 1, len(sizes)), np.min_scalar_type(sizes.max()))
+        for j, name in enumerate(manifest.names):  # a column at a time: no int32 copy of all
+            self._codes[:-1, j] = frame[name].to_numpy()
+        self._codes[-1] = sizes
 
     @classmethod
     def open(cls, bank_dir: str | Path, version: str | None = None) -> FeatureBank:
         """Open ``version`` (a name under the bank, with or without ``version=``), else
         LATEST, after checking it against its manifest: row count, sha256 of the codes
-        file, non-null unique ids, codes in [0, K). A LATEST version deleted between
-        reading the pointer and reading its files is retried on the new pointer."""
+        file and of the user index, non-null unique ids, codes in [0, K). A LATEST
+        version deleted between reading the pointer and reading its files is retried on
+        the new pointer."""
         bank_dir = Path(bank_dir)
         for attempt in range(5):
             path = _resolve_version(bank_dir, version)
             try:
                 return cls._open_version(path)
             except FileNotFoundError as exc:
-                if path.is_dir():
+                # retention deletes a version only after LATEST has moved off it: one
+                # LATEST no longer names is being deleted (its folder may still be there,
+                # part emptied), not incomplete
+                retired = version is None and _latest_name(bank_dir) != path.name
+                if not retired and path.is_dir():
                     raise BankError(f"{path}: incomplete version ({exc})") from exc
-                if version is not None or attempt == 4:
+                if not retired or attempt == 4:
                     raise BankError(f"{path}: deleted while opening it") from exc
         raise AssertionError("unreachable")
 
@@ -348,30 +397,29 @@ class FeatureBank:
                             "userip); re-publish it with `userip export`")
         if sha256_file(codes) != manifest.codes_sha256:
             raise BankError(f"{codes}: sha256 differs from its manifest; the file was replaced")
-        df = check_codes(df, manifest.profiles, codes)
-        return cls(manifest, df["user_id"].to_numpy(), df.select(manifest.names).to_numpy(),
-                   str(path))
+        index = None if manifest.index is None else _index_of(path, manifest.index)
+        df = check_codes(df, manifest.profiles, codes, published=True)
+        return cls(manifest, df, str(path), index)
 
     @classmethod
     def from_codes_dir(cls, codes_dir: str | Path, *, codebook: Path | None = None) -> FeatureBank:
         """An unpublished bank straight from a quantizer output dir (training, tests)."""
         meta, df = read_codes(Path(codes_dir))
         manifest = build_manifest(Path(codes_dir), meta, df.height, codebook=codebook)
-        return cls(manifest, df["user_id"].to_numpy(), df.select(manifest.names).to_numpy(),
-                   str(codes_dir))
+        return cls(manifest, df, str(codes_dir))
 
     @property
     def n_users(self) -> int:
-        return len(self._users)
+        return len(self._ids)
 
     @property
     def user_ids(self) -> np.ndarray:
-        """Every user the bank holds codes for (object array)."""
-        return self._users.ids
+        """Every user the bank holds codes for (object array, sorted; built on each call)."""
+        return self._ids.to_numpy().astype(object, copy=False)
 
     def lookup(self, user_ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """Codes (n, M) as int64; users not in the bank get code K_m in column m."""
-        return self._codes[self._users.positions(user_ids)]
+        return self._codes[self._users.positions(user_ids)].astype(np.int64)
 
     def check_compatible(self, expected: dict[str, Any], what: str = "model") -> None:
         """Raise if this bank's profiles, sizes or codebook differ from ``expected``
@@ -382,6 +430,21 @@ class FeatureBank:
         if diffs:
             raise IncompatibleBankError(f"bank {self.source} is incompatible with the {what}: "
                                         + "; ".join(diffs))
+
+
+def _index_of(path: Path, entry: Any) -> tuple[Path, int]:
+    """The user index file of the version at ``path`` and its hash seed, checked against
+    the manifest's ``index`` entry (hash function, seed, sha256)."""
+    index_file = path / INDEX_FILE
+    if not isinstance(entry, dict) or entry.get("hash") != HASH_NAME \
+            or not isinstance(entry.get("seed"), int) or not 0 <= entry["seed"] < 2**64:
+        raise BankError(f"{path / MANIFEST_FILE}: index entry {entry!r} is not a {HASH_NAME!r} "
+                        "index; re-publish it with `userip export`")
+    if not index_file.is_file():
+        raise FileNotFoundError(f"{index_file}: missing")
+    if sha256_file(index_file) != entry.get("sha256"):
+        raise BankError(f"{index_file}: sha256 differs from its manifest; the file was replaced")
+    return index_file, entry["seed"]
 
 
 def memory_report(bank_dir: str | Path, version: str | None = None, *, lm_dim: int = 576,
