@@ -1,0 +1,50 @@
+"""Own- vs other-θ evidence of a published profile on every validation user (or a subset).
+
+The profile stage measures it on ``evidence_max_users`` users to fit its time budget; this
+re-scores a finished profile on as many as you like. Prints JSON (the ``evidence`` format of
+meta.json plus the seconds it took).
+Usage: python bench/profile_evidence.py --config configs/demo.yaml --profile runs/demo/infer/<key>
+       [--users N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from profile_infer.data import load_profile_data
+from profile_infer.evidence import lm_evidence
+from profile_infer.model_loading import load_frozen_lm
+from profile_infer.outputs import load_published
+from profile_infer.prompt import build_layout
+from profile_infer.train import Trainer
+from userip.config import load_config
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--profile", type=Path, required=True)
+    ap.add_argument("--users", type=int, default=None, help="seeded subset (default: all)")
+    args = ap.parse_args()
+    cfg = load_config(args.config).profile
+    pub = load_published(args.profile)
+    lm = load_frozen_lm(cfg.model, "cpu")
+    layout = build_layout(lm.tokenizer, cfg.profiles, cfg.task)
+    data = load_profile_data(Path(pub["meta"]["data_dir"]), lm.tokenizer, cfg.max_target_tokens,
+                             valid_max_users=cfg.valid_max_users, seed=cfg.seed,
+                             evidence_max_users=args.users)
+    if data.user_ids != pub["user_ids"]:
+        raise SystemExit(f"{args.profile}: its users differ from its data set's")
+    trainer = Trainer(cfg, lm.model, layout, data, lm.device, lm.tokenizer.pad_token_id,
+                      "bench", Path("/nonexistent"))
+    t0 = time.perf_counter()
+    ev = lm_evidence(trainer.per_user_nll, pub["theta"], data.evidence_rows,
+                     data.evidence_targets, pub["codebooks"], layout.profile_slices, cfg.seed)
+    print(json.dumps({"profile": str(args.profile), "seconds": round(time.perf_counter() - t0), **ev}))
+
+
+if __name__ == "__main__":
+    main()
