@@ -177,7 +177,7 @@ def _export(cfg: Config, plan: list[str], refresh: bool, codes: Path, profile: P
     version = _run("export", plan, refresh or stale, marker, export_task,
                    codes_dir=str(codes), codebook=str(profile / "codebooks.safetensors"),
                    lm_id=cfg.profile.model, data_dir=str(data), bank_dir=str(cfg.bank_dir()),
-                   keep=cfg.bank.keep_versions)
+                   keep=cfg.bank.keep_versions, grace_seconds=cfg.bank.grace_seconds)
     if "export" in plan:
         create_link_artifact(key=f"userip-bank-{artifact_slug(cfg.name)}", link=Path(version).resolve().as_uri(),
                              link_text=Path(version).name,

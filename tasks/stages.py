@@ -123,7 +123,7 @@ def quantize_task(section: dict[str, Any], profile_dir: str, out_dir: str) -> st
 
 @stage_task("export")
 def export_task(codes_dir: str, codebook: str, lm_id: str, data_dir: str, bank_dir: str,
-                keep: int, out_dir: str) -> str:
+                keep: int, out_dir: str, grace_seconds: float) -> str:
     """Publish a new bank version; ``out_dir`` records which one, so a cache hit publishes
     nothing new."""
     from feature_bank import publish
@@ -131,7 +131,8 @@ def export_task(codes_dir: str, codebook: str, lm_id: str, data_dir: str, bank_d
     from userip.fingerprint import hash_paths
 
     version = publish(Path(codes_dir), Path(bank_dir), keep, codebook=Path(codebook),
-                      lm_id=lm_id, data_fingerprint=hash_paths([Path(data_dir) / "interactions.parquet"]))
+                      lm_id=lm_id, data_fingerprint=hash_paths([Path(data_dir) / "interactions.parquet"]),
+                      grace_seconds=grace_seconds)
     with staging_dir(Path(out_dir), stage="export") as tmp:
         (tmp / "version.txt").write_text(f"{version}\n")
         publish_dir(tmp, Path(out_dir), stage="export")
