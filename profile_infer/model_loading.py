@@ -90,7 +90,10 @@ def resolve_model_dir(model: str) -> Path:
     cfg = path / "config.json"
     if not cfg.is_file():
         raise ConfigError(f"{path}: not a Hugging Face model folder (no config.json)")
-    archs = json.loads(cfg.read_text()).get("architectures") or []
+    try:
+        archs = json.loads(cfg.read_text()).get("architectures") or []
+    except (ValueError, AttributeError) as exc:  # not JSON, or JSON that is not an object
+        raise ConfigError(f"{cfg}: not a readable model config: {exc}") from exc
     if not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
         raise ConfigError(f"{cfg}: not a causal LM (architectures={archs})")
     return path

@@ -104,6 +104,18 @@ def test_cli_reports_bad_input_in_one_line(tiny, tmp_path, capsys):
     assert rc == 2 and "behaviour.parquet" in err and "Traceback" not in err
 
 
+def test_a_broken_model_config_is_one_line_naming_it(tmp_path, capsys):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{not json")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"profile:\n  model: {tmp_path / 'model'}\n")
+    (tmp_path / "data").mkdir()
+    rc = cli_main(["infer", "--config", str(cfg), "--data", str(tmp_path / "data"),
+                   "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "config.json: not a readable model config" in err and "Traceback" not in err
+
+
 def test_an_item_longer_than_the_context_is_cut_and_counted(tiny, tmp_path):
     data = write_data_dir(tmp_path / "data", n_users=6)
     beh = pl.read_parquet(data / "behaviour.parquet")
