@@ -201,6 +201,7 @@ def train_all(section: DownstreamConfig, data_dir: Path, run_dir: Path, *,
             out = write_stat_codes(Path(data_dir), Path(run_dir) / "stat-codes" / history, history)
             sources[f"{STAT_PREFIX}{history}"] = (str(out), False)
     variants = [v for v in sources if v != WITHOUT]
+    _warn_uncovered(Path(data_dir), sources)
     held, new_user_variants = None, None
     if section.new_user_share > 0:
         held, new_user_variants = _new_users(section, Path(data_dir), Path(run_dir), sources)
@@ -217,6 +218,20 @@ def train_all(section: DownstreamConfig, data_dir: Path, run_dir: Path, *,
     # spawn, not fork: a forked child inherits the parent's OpenMP/FAISS thread state and hangs
     with ProcessPoolExecutor(section.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(_fit_job, *zip(*args)))
+
+
+def _warn_uncovered(data_dir: Path, sources: dict[str, tuple[str | None, bool]]) -> None:
+    """Say so when a codes variant has codes for few or none of the users it trains on:
+    its "with codes" rows would then measure the unknown-user code, not the profiles."""
+    users = load_interactions(data_dir)["user_id"].unique().to_numpy().astype(str)
+    for variant, (path, is_bank) in sources.items():
+        if path is None:
+            continue
+        share = coverage(open_codes(Path(path), bank=is_bank), users)
+        if share < 0.5:
+            log.warning("variant %s has codes for %.0f%% of the data set's users (%s): its "
+                        "'with codes' results mostly use the unknown-user code",
+                        variant, 100 * share, path)
 
 
 def _new_users(section: DownstreamConfig, data_dir: Path, run_dir: Path,

@@ -201,3 +201,16 @@ def test_cli_train_from_bank_and_rescore_after_republish(ml100k_small_dir: Path,
     publish(codes_dir, bank)  # same codebook and profiles: compatible
     assert cli_main(["evaluate", *common, "--run", str(run), "--bank", str(bank)]) == 0
     assert json.loads((run / "downstream" / "userip" / "dcn" / "seed=0" / "metrics.json").read_text())["n"] > 0
+
+
+def test_codes_for_other_users_are_warned_about(ml100k_small_dir: Path, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    from downstream.suite import train_all
+    from userip.config import DownstreamConfig
+
+    write_standin([f"stranger{i}" for i in range(40)], tmp_path / "q" / "kmeans", seed=1)
+    section = DownstreamConfig(models=("dcn",), transfer_models=(), ablation_models=("dcn",),
+                               seeds=(0,), epochs=1, new_user_share=0.0)
+    with caplog.at_level("WARNING", logger="downstream.suite"):
+        train_all(section, ml100k_small_dir, tmp_path / "run", codes=tmp_path / "q")
+    assert "variant kmeans has codes for 0% of the data set's users" in caplog.text
