@@ -389,7 +389,12 @@ class FeatureBank:
         codes = path / CODES_FILE
         if not codes.is_file():
             raise FileNotFoundError(f"{codes}: missing")
-        df = read_parquet(codes, ["user_id", *manifest.names])
+        try:
+            df = read_parquet(codes, ["user_id", *manifest.names])
+        except InputError:
+            if not codes.exists():  # deleted by retention while being read: retry on LATEST
+                raise FileNotFoundError(f"{codes}: deleted while reading") from None
+            raise
         if df.height != manifest.n_rows:
             raise BankError(f"{path}: manifest says {manifest.n_rows} rows, codes.parquet has {df.height}")
         if manifest.codes_sha256 is None:
