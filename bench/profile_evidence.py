@@ -16,8 +16,8 @@ from pathlib import Path
 
 from profile_infer.data import load_profile_data
 from profile_infer.evidence import lm_evidence
+from profile_infer.layout import Profile
 from profile_infer.model_loading import load_frozen_lm
-from profile_infer.outputs import load_published
 from profile_infer.prompt import build_layout
 from profile_infer.train import Trainer
 from userip.config import load_config
@@ -30,19 +30,19 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=None, help="seeded subset (default: all)")
     args = ap.parse_args()
     cfg = load_config(args.config).profile
-    pub = load_published(args.profile)
+    pub = Profile.read(args.profile)
     lm = load_frozen_lm(cfg.model, "cpu")
     layout = build_layout(lm.tokenizer, cfg.profiles, cfg.task)
-    data = load_profile_data(Path(pub["meta"]["data_dir"]), lm.tokenizer, cfg.max_target_tokens,
+    data = load_profile_data(Path(pub.meta.data_dir), lm.tokenizer, cfg.max_target_tokens,
                              valid_max_users=cfg.valid_max_users, seed=cfg.seed,
                              evidence_max_users=args.users)
-    if data.user_ids != pub["user_ids"]:
+    if data.user_ids != pub.user_ids:
         raise SystemExit(f"{args.profile}: its users differ from its data set's")
     trainer = Trainer(cfg, lm.model, layout, data, lm.device, lm.tokenizer.pad_token_id,
                       "bench", Path("/nonexistent"))
     t0 = time.perf_counter()
-    ev = lm_evidence(trainer.per_user_nll, pub["theta"], data.evidence_rows,
-                     data.evidence_targets, pub["codebooks"], layout.profile_slices, cfg.seed)
+    ev = lm_evidence(trainer.per_user_nll, pub.theta, data.evidence_rows,
+                     data.evidence_targets, pub.codebooks, layout.profile_slices, cfg.seed)
     print(json.dumps({"profile": str(args.profile), "seconds": round(time.perf_counter() - t0), **ev}))
 
 

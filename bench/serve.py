@@ -27,17 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import polars as pl
+import torch
 
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-import torch  # noqa: E402
-
-from downstream.features import load_interactions, load_users, open_codes  # noqa: E402
-from downstream.layers import Hyper  # noqa: E402
-from downstream.train import Scorer, fit, prepare  # noqa: E402
-from feature_bank import FeatureBank, publish  # noqa: E402
-from tests.standin_codes import write_standin  # noqa: E402
+from downstream.features import load_interactions, load_users, open_codes
+from downstream.layers import Hyper
+from downstream.train import Scorer, fit, prepare
+from feature_bank import FeatureBank, publish
+from quantize.standin import write_standin
 
 
 def _interleaved_ms(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:

@@ -19,7 +19,8 @@ import pandas as pd
 import polars as pl
 
 from feature_bank import FeatureBank
-from feature_bank.bank import read_meta, read_parquet
+from feature_bank.bank import read_parquet
+from quantize.layout import QuantizeMeta
 from userip.errors import InputError
 from userip.fingerprint import sha256_file
 from userip.ids import IdIndex
@@ -60,8 +61,8 @@ class DenseProfiles:
 
     def __init__(self, codes_dir: Path) -> None:
         codes_dir = Path(codes_dir)
-        meta = read_meta(codes_dir)
-        path = codes_dir / "dense.parquet"
+        meta = QuantizeMeta.read(codes_dir)
+        path = meta.data_file(codes_dir)
         df = read_parquet(path, ["user_id"])
         self.columns = [c for c in df.columns if c != "user_id"]
         self.source = str(codes_dir)
@@ -69,7 +70,7 @@ class DenseProfiles:
         self._x = np.vstack([df.select(self.columns).to_numpy().astype(np.float32),
                              np.zeros((1, len(self.columns)), np.float32)])
         self.compat = {"dense_columns": self.columns, "dense_sha256": sha256_file(path)}
-        self.method = str(meta["method"])
+        self.method = meta.method
 
     @property
     def user_ids(self) -> np.ndarray:
@@ -86,7 +87,7 @@ def open_codes(path: Path, *, bank: bool = False, version: str | None = None) ->
     """A bank dir (``bank=True``), a quantizer codes dir, or a quantizer dense dir."""
     if bank:
         return FeatureBank.open(path, version)
-    return DenseProfiles(path) if read_meta(Path(path))["kind"] == "dense" else FeatureBank.from_codes_dir(path)
+    return DenseProfiles(path) if QuantizeMeta.read(Path(path)).kind == "dense" else FeatureBank.from_codes_dir(path)
 
 
 def codes_record(codes: CodeSource | None) -> dict[str, Any] | None:

@@ -25,10 +25,19 @@ import numpy as np
 import polars as pl
 
 from downstream.features import load_users, open_codes
-from downstream.profile_evidence import profile_evidence
 from downstream.metrics import ACTIVITY_BUCKETS, paired_p_value, ri_auc, ri_logloss
-from downstream.suite import (NEW_USERS, PAPER, STAT_PREFIX, SWEEP_PREFIX, VARIANT_JSON, WITHOUT, read_held_out,
-                              source_of, trained_dirs)
+from downstream.profile_evidence import profile_evidence
+from downstream.suite import (
+    NEW_USERS,
+    PAPER,
+    STAT_PREFIX,
+    SWEEP_PREFIX,
+    VARIANT_JSON,
+    WITHOUT,
+    read_held_out,
+    source_of,
+    trained_dirs,
+)
 from userip.config import DownstreamConfig
 from userip.errors import InputError
 

@@ -39,7 +39,8 @@ from downstream.models import MODELS
 from downstream.stat_codes import HISTORIES, write_stat_codes
 from downstream.train import MODEL_JSON, Prepared, Scorer, fit, prepare, users_fingerprint
 from feature_bank import FeatureBank
-from feature_bank.bank import MANIFEST_FILE, read_meta
+from feature_bank.bank import MANIFEST_FILE
+from quantize.layout import QuantizeMeta
 from userip.config import DownstreamConfig
 from userip.errors import ConfigError, InputError
 
@@ -207,7 +208,7 @@ def train_all(section: DownstreamConfig, data_dir: Path, run_dir: Path, *,
         held, new_user_variants = _new_users(section, Path(data_dir), Path(run_dir), sources)
     jobs = plan(section, variants, new_user_variants)
     metas = {WITHOUT: {"method": WITHOUT, "kind": None, "profiles": []}, **variant_meta(codes, bank)}
-    metas |= {v: read_meta(Path(p)) for v, (p, _) in sources.items() if v.startswith(STAT_PREFIX)}
+    metas |= {v: _meta(Path(p)) for v, (p, _) in sources.items() if v.startswith(STAT_PREFIX)}
     for variant, meta in metas.items():
         vdir = Path(run_dir) / "downstream" / variant
         vdir.mkdir(parents=True, exist_ok=True)
@@ -327,9 +328,13 @@ def evaluate_all(run_dir: Path, data_dir: Path, *, bank: Path | None = None) -> 
     return out
 
 
+def _meta(codes_dir: Path) -> dict[str, Any]:
+    return QuantizeMeta.read(codes_dir).model_dump(mode="json", exclude_none=True)
+
+
 def variant_meta(codes: Path | None, bank: Path | None) -> dict[str, dict[str, Any]]:
     """meta.json of each codes variant (method, K, stand-in note) for the report."""
-    metas = {v: read_meta(p) for v, p in discover_codes(codes).items()} if codes else {}
+    metas = {v: _meta(p) for v, p in discover_codes(codes).items()} if codes else {}
     if bank is not None:
         m = FeatureBank.open(bank).manifest
         # the bank's codes were quantized into ``codes`` too: keep that meta's evidence

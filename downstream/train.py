@@ -25,10 +25,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from downstream.features import (
+    ITEM_FIELD,
     CodeSource,
     DenseProfiles,
     Encoder,
-    ITEM_FIELD,
     FeatureMap,
     codes_record,
     load_interactions,

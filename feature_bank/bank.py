@@ -27,20 +27,37 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from userip.atomic import (MARKER, check_output_dir, file_lock, publish_dir, stage_of,
-                           staging_dir, write_text_atomic)
+from feature_bank.index import (
+    HASH_NAME,
+    INDEX_FILE,
+    IndexFileError,
+    UserIndex,
+    new_seed,
+    sorted_hashes,
+    write_index,
+)
+from profile_infer.layout import CODEBOOKS
+from quantize.layout import QuantizeMeta
+from userip.atomic import (
+    MARKER,
+    check_output_dir,
+    file_lock,
+    publish_dir,
+    stage_of,
+    staging_dir,
+    write_text_atomic,
+)
 from userip.errors import ConfigError, InputError, UseripError
 from userip.fingerprint import sha256_file
-from feature_bank.index import (HASH_NAME, INDEX_FILE, IndexFileError, UserIndex, new_seed,
-                                sorted_hashes, write_index)
 
 LATEST = "LATEST"
 CODES_FILE = "codes.parquet"
@@ -80,6 +97,8 @@ class Manifest:
     # versions published before it existed (opening those builds the index in memory)
     index: dict[str, Any] | None = None
     note: str | None = None
+    # the profile folder the codes were quantized from: the nightly refresh re-infers on it
+    source_profile: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -109,23 +128,10 @@ class Manifest:
         raw = dict(raw)
         raw.pop("compat_hash", None)
         raw["profiles"] = tuple((p["name"], int(p["K"])) for p in raw["profiles"])
+        if "source_profile" not in raw:  # versions published before it was a field
+            raw["extra"] = dict(raw.get("extra", {}))
+            raw["source_profile"] = raw["extra"].pop("source_profile", None)
         return cls(**raw)
-
-
-def read_meta(codes_dir: Path) -> dict[str, Any]:
-    """The quantizer's ``meta.json``: method, kind and the profiles with their K."""
-    path = Path(codes_dir) / "meta.json"
-    if not path.is_file():
-        raise InputError("quantizer meta.json not found", path=str(path))
-    try:
-        meta = json.loads(path.read_text())
-        for p in meta["profiles"]:
-            if not isinstance(p["name"], str) or int(p["K"]) < 1:
-                raise ValueError(f"bad profile entry {p!r}")
-        meta["method"], meta["kind"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"not a valid quantizer meta.json: {exc}", path=str(path)) from exc
-    return meta
 
 
 def read_parquet(path: Path, columns: Iterable[str] | None = None) -> pl.DataFrame:
@@ -143,18 +149,18 @@ def read_parquet(path: Path, columns: Iterable[str] | None = None) -> pl.DataFra
     return df
 
 
-def read_codes(codes_dir: Path) -> tuple[dict[str, Any], pl.DataFrame]:
+def read_codes(codes_dir: Path) -> tuple[QuantizeMeta, pl.DataFrame]:
     """Validated codes of one quantizer output dir, sorted by user id: at least one user,
     ids non-null string scalars and unique, codes integers in [0, K) (K is the reserved
     unknown code)."""
     codes_dir = Path(codes_dir)
-    meta = read_meta(codes_dir)
-    if meta["kind"] != "codes":
-        raise InputError(f"kind is {meta['kind']!r}, a bank holds discrete codes only",
-                         path=str(codes_dir / "meta.json"), field="kind")
-    path = codes_dir / CODES_FILE
-    df = read_parquet(path, ["user_id", *[p["name"] for p in meta["profiles"]]])
-    return meta, check_codes(df, [(p["name"], int(p["K"])) for p in meta["profiles"]], path)
+    meta = QuantizeMeta.read(codes_dir)
+    if meta.kind != "codes":
+        raise InputError(f"kind is {meta.kind!r}, a bank holds discrete codes only",
+                         path=str(QuantizeMeta.path(codes_dir)), field="kind")
+    path = meta.data_file(codes_dir)
+    df = read_parquet(path, ["user_id", *meta.names])
+    return meta, check_codes(df, meta.sizes, path)
 
 
 def check_codes(df: pl.DataFrame, profiles: Sequence[tuple[str, int]], path: Path, *,
@@ -178,11 +184,11 @@ def check_codes(df: pl.DataFrame, profiles: Sequence[tuple[str, int]], path: Pat
             raise InputError(f"codes have type {df.schema[n]}, not integer", path=str(path), field=n)
     df = df.select(pl.col("user_id").cast(pl.String), *names)
     if df["user_id"].null_count():
-        raise InputError("user_id is null", path=str(path), line=int(df["user_id"].is_null().arg_max()),
+        raise InputError("user_id is null", path=str(path), line=int(df["user_id"].is_null().arg_max() or 0),
                          field="user_id")
     for name, k in profiles:
         col = df[name]
-        if col.null_count() or col.min() < 0 or col.max() >= k:
+        if col.null_count() or ((col < 0) | (col >= k)).any():
             bad = df.with_row_index("row").filter(
                 pl.col(name).is_null() | (pl.col(name) < 0) | (pl.col(name) >= k))
             raise InputError(f"code {bad[name][0]} outside [0, {k})", path=str(path),
@@ -192,7 +198,7 @@ def check_codes(df: pl.DataFrame, profiles: Sequence[tuple[str, int]], path: Pat
     ids = df["user_id"]
     not_after = ids.slice(1) <= ids.slice(0, ids.len() - 1)
     if not_after.any():
-        row = int(not_after.arg_max())
+        row = int(not_after.arg_max() or 0)
         if ids[row] == ids[row + 1]:
             raise InputError(f"user_id {ids[row]!r} occurs more than once", path=str(path),
                              field="user_id")
@@ -201,30 +207,32 @@ def check_codes(df: pl.DataFrame, profiles: Sequence[tuple[str, int]], path: Pat
     return df.with_columns(pl.col(n).cast(pl.Int32) for n in names)
 
 
-def build_manifest(codes_dir: Path, meta: dict[str, Any], n_rows: int, *,
+def build_manifest(codes_dir: Path, meta: QuantizeMeta, n_rows: int, *,
                    codebook: Path | None = None, lm_id: str | None = None,
                    data_fingerprint: str | None = None) -> Manifest:
     """Manifest of a codes dir. The codebook hash is the sha256 of the codebook file
     (``codebook``, else ``<codes_dir>/codebooks.safetensors``); without one it falls back
     to the sha256 of ``meta.json``, which only pins the profile names and sizes."""
     codes_dir = Path(codes_dir)
-    codebook = Path(codebook) if codebook else codes_dir / "codebooks.safetensors"
+    codebook = Path(codebook) if codebook else codes_dir / CODEBOOKS
     if codebook.is_file():
         cb_hash, cb_source = sha256_file(codebook), str(codebook)
     else:
-        cb_hash, cb_source = sha256_file(codes_dir / "meta.json"), "meta.json (no codebook file)"
+        cb_hash = sha256_file(QuantizeMeta.path(codes_dir))
+        cb_source = f"{QuantizeMeta.FILE} (no codebook file)"
     return Manifest(
-        profiles=tuple((p["name"], int(p["K"])) for p in meta["profiles"]),
+        profiles=tuple(meta.sizes),
         codebook_hash=cb_hash, codebook_source=cb_source,
-        lm_id=lm_id or meta.get("model"), data_fingerprint=data_fingerprint,
-        n_rows=n_rows, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        method=str(meta["method"]), note=meta.get("note"),
-        extra={k: v for k, v in meta.items() if k not in {"profiles", "method", "kind", "note", "model"}},
+        lm_id=lm_id or meta.model, data_fingerprint=data_fingerprint,
+        n_rows=n_rows, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        method=meta.method, note=meta.note, source_profile=meta.source_profile,
+        extra=meta.model_dump(mode="json", exclude_none=True,
+                              exclude={"profiles", "method", "kind", "note", "model", "source_profile"}),
     )
 
 
 def _timestamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 def _versions(bank_dir: Path) -> list[str]:

@@ -20,8 +20,8 @@ and kept in the manifest, so ids cannot be chosen ahead of time to collide.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import polars as pl

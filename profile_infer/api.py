@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -12,28 +10,19 @@ import polars as pl
 import torch
 
 from profile_infer import distributed as dd
-from profile_infer.data import load_profile_data
-from profile_infer.model_loading import load_frozen_lm
 from profile_infer.codebooks import codes_frame
+from profile_infer.data import load_profile_data
 from profile_infer.evidence import lm_evidence
-from profile_infer.outputs import explanation, load_published, publish
+from profile_infer.layout import Profile, ProfileEntry, ProfileMeta
+from profile_infer.model_loading import load_frozen_lm
+from profile_infer.outputs import explanation, publish
 from profile_infer.prompt import build_layout
 from profile_infer.train import Prior, Trainer
 from userip.config import ProfileConfig
 from userip.errors import ConfigError, InputError
+from userip.fingerprint import hash_json, hash_paths
 
 log = logging.getLogger(__name__)
-
-
-def _data_fingerprint(data_dir: Path, users: set[str] | None) -> str:
-    h = hashlib.sha256()
-    for name in ("behaviour.parquet", "behaviour_valid.parquet", "interactions.parquet"):
-        p = data_dir / name
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update(json.dumps(sorted(users or [])).encode())
-    return h.hexdigest()[:16]
 
 
 def read_user_list(path: Path) -> set[str]:
@@ -89,24 +78,26 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
     users = read_user_list(users_file) if users_file else None
     base = None
     if users is not None:
-        if not (out_dir / "meta.json").is_file():
+        if not ProfileMeta.path(out_dir).is_file():
             raise ConfigError(f"incremental mode needs a published profile at {out_dir}")
-        base = load_published(out_dir)
-        if [p["name"] for p in base["meta"]["profiles"]] != names:
-            raise ConfigError(f"{out_dir}: profiles {base['meta']['profiles']} differ from config")
+        base = Profile.read(out_dir)
+        if base.meta.names != names:
+            raise ConfigError(f"{out_dir}: profiles {base.meta.names} differ from config")
     data = load_profile_data(data_dir, loaded.tokenizer, budget, users, cfg.valid_max_users,
                              cfg.seed, cfg.evidence_max_users,
-                             item_vocab=base["item_ids"] if base else None)
-    fingerprint = f"{cfg.fingerprint()}-{_data_fingerprint(data_dir, users)}"
+                             item_vocab=base.item_ids if base else None)
+    # what a checkpoint must match to be resumed: settings, data content, refreshed users
+    fingerprint = hash_json({"config": cfg.learned(), "data": hash_paths([data_dir]),
+                             "users": sorted(users or [])})
 
     prior = None
     if base is not None:
-        old_row = {u: i for i, u in enumerate(base["user_ids"])}
-        warm = torch.full((len(data.user_ids), *base["theta"].shape[1:]), float("nan"))
+        old_row = {u: i for i, u in enumerate(base.user_ids)}
+        warm = torch.full((len(data.user_ids), *base.theta.shape[1:]), float("nan"))
         for i, u in enumerate(data.user_ids):
             if u in old_row:
-                warm[i] = base["theta"][old_row[u]]
-        prior = Prior(base["codebooks"], base["surrogate"], warm)
+                warm[i] = base.theta[old_row[u]]
+        prior = Prior(base.codebooks, base.surrogate, warm)
 
     trainer = Trainer(cfg, loaded.model, layout, data, loaded.device, loaded.tokenizer.pad_token_id,
                       fingerprint, ckpt_dir, prior)
@@ -125,31 +116,24 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
         emb = loaded.model.get_input_embeddings().weight
         explain = explanation(cfg, trainer.codebooks, theta, user_ids, codes, emb,
                               loaded.tokenizer, trainer.dim, data_dir)
-        meta = {
-            "model": cfg.model, "model_path": str(loaded.path), "device": str(loaded.device),
-            "data_dir": str(data_dir.resolve()),
-            "dtype": str(loaded.dtype).removeprefix("torch."),
-            "profiles": [{"name": p.name, "K": p.codebook_size, "n_tokens": p.n_tokens,
-                          "context": p.context} for p in cfg.profiles],
-            "config_fingerprint": cfg.fingerprint(), "n_users": len(user_ids),
-            "n_items": trainer.surrogate.item.num_embeddings,
-            "hidden_size": trainer.dim, "mode": "incremental" if base else "full",
-            "refreshed_users": len(data.user_ids), "epochs_run": progress.epoch,
-            "early_stopped": progress.done,
-            "published_epoch": progress.best_epoch if progress.best_epoch >= 0
-            else progress.epoch - 1,
-            "best_valid_llm": progress.best_valid if progress.best_epoch >= 0 else None,
-            "reseeded_codes": {p.name: progress.reseeded.get(p.name, 0) for p in cfg.profiles},
-            "theta_init": cfg.theta_init,
-            "history_coverage": data.coverage(progress.epoch),
-            "surrogate_warmup": progress.surrogate_warmup,
-            "evidence": evidence,
-            "skipped": data.skipped,
-            "pad_token_fallback": loaded.pad_fallback, "world_size": world,
-        }
+        meta = ProfileMeta(
+            model=cfg.model, model_path=str(loaded.path), device=str(loaded.device),
+            data_dir=str(data_dir.resolve()), dtype=str(loaded.dtype).removeprefix("torch."),
+            profiles=[ProfileEntry(name=p.name, K=p.codebook_size, n_tokens=p.n_tokens,
+                                   context=p.context) for p in cfg.profiles],
+            config_fingerprint=hash_json(cfg.learned()), n_users=len(user_ids),
+            n_items=trainer.surrogate.item.num_embeddings, hidden_size=trainer.dim,
+            mode="incremental" if base else "full", refreshed_users=len(data.user_ids),
+            epochs_run=progress.epoch, early_stopped=progress.done,
+            published_epoch=progress.best_epoch if progress.best_epoch >= 0 else progress.epoch - 1,
+            best_valid_llm=progress.best_valid if progress.best_epoch >= 0 else None,
+            reseeded_codes={p.name: progress.reseeded.get(p.name, 0) for p in cfg.profiles},
+            theta_init=cfg.theta_init, history_coverage=data.coverage(progress.epoch),
+            surrogate_warmup=progress.surrogate_warmup, evidence=evidence,
+            skipped=data.skipped, pad_token_fallback=loaded.pad_fallback, world_size=world)
         publish(out_dir, theta=theta, user_ids=user_ids, codebooks=trainer.codebooks,
                 surrogate_state=trainer.surrogate.state_dict(), item_ids=data.item_ids, codes=codes,
-                curves=(base["curves"] if base else []) + progress.curves,
+                curves=(base.curves if base else []) + progress.curves,
                 explain=explain, meta=meta)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         log.info("published %s (%d users)", out_dir, len(user_ids))
@@ -157,16 +141,16 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
     return out_dir
 
 
-def _merge(base: dict, ids: list[str], theta: torch.Tensor, codes: pl.DataFrame):
+def _merge(base: Profile, ids: list[str], theta: torch.Tensor, codes: pl.DataFrame):
     """Replace refreshed users' θ and codes in the published profile; append new users."""
-    old_row = {u: i for i, u in enumerate(base["user_ids"])}
+    old_row = {u: i for i, u in enumerate(base.user_ids)}
     new = [u for u in ids if u not in old_row]
-    merged_ids = base["user_ids"] + new
-    table = torch.cat([base["theta"], torch.empty(len(new), *base["theta"].shape[1:])])
-    new_row = {u: len(base["user_ids"]) + i for i, u in enumerate(new)}
+    merged_ids = base.user_ids + new
+    table = torch.cat([base.theta, torch.empty(len(new), *base.theta.shape[1:])])
+    new_row = {u: len(base.user_ids) + i for i, u in enumerate(new)}
     index = torch.tensor([old_row[u] if u in old_row else new_row[u] for u in ids])
     table[index] = theta
-    kept = base["codes"].filter(~pl.col("user_id").is_in(ids))
+    kept = base.codes.filter(~pl.col("user_id").is_in(ids))
     merged_codes = (pl.concat([kept, codes.select(kept.columns)])
                     .join(pl.DataFrame({"user_id": merged_ids, "_o": range(len(merged_ids))}),
                           on="user_id").sort("_o").drop("_o"))

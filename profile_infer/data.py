@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from dataprep.behaviour import SEPARATOR
+from dataprep.layout import BEHAVIOUR, BEHAVIOUR_VALID, INTERACTIONS
 from userip.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -113,11 +114,11 @@ def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
     frozen surrogate at the wrong item; interactions with items outside it are skipped.
     """
     data_dir = Path(data_dir)
-    beh = _read(data_dir / "behaviour.parquet", BEHAVIOUR_COLUMNS).sort("user_idx")
+    beh = _read(data_dir / BEHAVIOUR, BEHAVIOUR_COLUMNS).sort("user_idx")
     dup = beh.filter(pl.col("user_id").is_duplicated())
     if len(dup):
         raise InputError(f"user {dup['user_id'][0]!r} appears more than once",
-                         path=str(data_dir / "behaviour.parquet"), field="user_id")
+                         path=str(data_dir / BEHAVIOUR), field="user_id")
     unknown = 0
     if users is not None:
         beh = beh.filter(pl.col("user_id").is_in(list(users)))
@@ -132,13 +133,13 @@ def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
                     len(empty), empty["user_id"][0])
     if not len(beh):
         raise InputError("no user with a non-empty behaviour text",
-                         path=str(data_dir / "behaviour.parquet"), field="items")
+                         path=str(data_dir / BEHAVIOUR), field="items")
     user_ids = beh["user_id"].to_list()
     windows, skipped["items_cut_to_window"] = pack_windows(tokenizer, beh["items"].to_list(),
                                                            max_target_tokens)
     row_of = {u: i for i, u in enumerate(user_ids)}
 
-    valid_path = data_dir / "behaviour_valid.parquet"
+    valid_path = data_dir / BEHAVIOUR_VALID
     held: dict[str, tuple[np.ndarray, list[list[int]]]] = {}
     if valid_path.is_file():
         val = _read(valid_path, BEHAVIOUR_COLUMNS).sort("user_idx")
@@ -153,7 +154,7 @@ def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
     else:
         log.warning("%s missing: no validation LM loss, no early stopping", valid_path)
 
-    inter = _read(data_dir / "interactions.parquet",
+    inter = _read(data_dir / INTERACTIONS,
                   {"user_id": pl.String, "item_id": pl.String, "item_idx": pl.Int32,
                    "label": pl.Int8, "split": pl.String})
     if item_vocab is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
+from dataprep.layout import INTERACTIONS, ITEMS, USERS
 from dataprep.readers.base import CATEGORY_SEP
 
 TOP = 5
@@ -153,11 +154,11 @@ def describe_codes(codes: pl.DataFrame, profile_names: list[str], data_dir: Path
                    min_support: int) -> dict[str, dict[int, dict]]:
     """Descriptions for every profile (a column of ``codes``) and code, from ``data_dir``."""
     data_dir = Path(data_dir)
-    train = (pl.read_parquet(data_dir / "interactions.parquet",
+    train = (pl.read_parquet(data_dir / INTERACTIONS,
                              columns=["user_id", "item_id", "split"])
              .filter(pl.col("split") == "train").drop("split"))
     items, user_table = (pl.read_parquet(p) if p.is_file() else None
-                         for p in (data_dir / "items.parquet", data_dir / "users.parquet"))
+                         for p in (data_dir / ITEMS, data_dir / USERS))
     return {name: describe_profile(codes.select("user_id", pl.col(name).alias("code")), train,
                                    items, user_table, min_support)
             for name in profile_names}

@@ -13,18 +13,25 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from profile_infer.describe import TYPICAL_ITEM_MIN_USER_SHARE, describe_codes
+from profile_infer.layout import (
+    CODEBOOKS,
+    CODES,
+    CURVE_FIELDS,
+    CURVES,
+    EXPLANATION,
+    STAGE,
+    SURROGATE,
+    SURROGATE_ITEMS,
+    THETA,
+    ProfileMeta,
+)
 from userip.atomic import publish_dir, staging_dir
 from userip.config import ProfileConfig
 
-THETA, CODEBOOKS, SURROGATE, CODES = ("theta.safetensors", "codebooks.safetensors",
-                                      "surrogate.safetensors", "codes.parquet")
-SURROGATE_ITEMS = "surrogate_items.parquet"
-STAGE = "infer"  # the stage name in the output marker (userip.atomic)
-CURVE_FIELDS = ("epoch", "phase", "train_llm", "train_vec", "train_rec", "grad_llm", "grad_vec",
-                "grad_rec", "gamma", "valid_llm", "reseeded", "history_coverage")
+
 def nearest_tokens(vectors: torch.Tensor, embeddings: torch.Tensor, tokenizer,
                    top: int = 5) -> list[list[dict]]:
     """For each (n_tokens, d) vector group: the vocabulary tokens nearest by cosine.
@@ -98,11 +105,11 @@ def explanation(cfg: ProfileConfig, codebooks, theta, user_ids, codes: pl.DataFr
 
 def publish(out_dir: Path, *, theta: torch.Tensor, user_ids: list[str], codebooks,
             surrogate_state: dict, item_ids: list[str], codes: pl.DataFrame, curves: list[dict],
-            explain: dict, meta: dict) -> Path:
+            explain: dict, meta: ProfileMeta) -> Path:
     """Write all outputs to a temp dir beside ``out_dir`` and rename it into place."""
     out_dir = Path(out_dir)
     with staging_dir(out_dir, STAGE) as tmp:
-        profiles = meta["profiles"]
+        profiles = [p.model_dump() for p in meta.profiles]
         save_file({"theta": theta.contiguous()}, tmp / THETA,
                   metadata={"user_ids": json.dumps(user_ids), "profiles": json.dumps(profiles)})
         save_file({f"codebook.{p['name']}": cb.detach().float().cpu().contiguous()
@@ -113,33 +120,13 @@ def publish(out_dir: Path, *, theta: torch.Tensor, user_ids: list[str], codebook
         pl.DataFrame({"item_id": item_ids}, schema={"item_id": pl.String}).write_parquet(
             tmp / SURROGATE_ITEMS)  # row r = the surrogate's item embedding row r
         codes.write_parquet(tmp / CODES)
-        with open(tmp / "curves.csv", "w", newline="") as fh:
+        with open(tmp / CURVES, "w", newline="") as fh:
             fields = list(CURVE_FIELDS)
             writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
             writer.writerows({k: ("" if isinstance(v, float) and v != v else v)
                               for k, v in row.items()} for row in curves)  # NaN -> empty
-        (tmp / "explanation.json").write_text(json.dumps(explain, indent=1, ensure_ascii=False))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        (tmp / EXPLANATION).write_text(json.dumps(explain, indent=1, ensure_ascii=False))
+        meta.write(tmp)
         publish_dir(tmp, out_dir, STAGE)
     return out_dir
-
-
-def load_published(profile_dir: Path) -> dict:
-    """Read back θ (+ user ids), codebooks, surrogate state and meta of a published profile."""
-    profile_dir = Path(profile_dir)
-    from safetensors import safe_open
-
-    with safe_open(str(profile_dir / THETA), framework="pt") as fh:
-        user_ids = json.loads(fh.metadata()["user_ids"])
-        theta = fh.get_tensor("theta")
-    meta = json.loads((profile_dir / "meta.json").read_text())
-    cbs = load_file(str(profile_dir / CODEBOOKS))
-    with open(profile_dir / "curves.csv", newline="") as fh:
-        curves = [{k: (v if k == "phase" else float(v or "nan")) for k, v in row.items()}
-                  for row in csv.DictReader(fh)]
-    return {"theta": theta, "user_ids": user_ids, "meta": meta,
-            "codebooks": [cbs[f"codebook.{p['name']}"] for p in meta["profiles"]],
-            "surrogate": load_file(str(profile_dir / SURROGATE)),
-            "item_ids": pl.read_parquet(profile_dir / SURROGATE_ITEMS)["item_id"].to_list(),
-            "codes": pl.read_parquet(profile_dir / CODES), "curves": curves}

@@ -6,14 +6,13 @@ meaning and a deployed CTR model can read the refreshed bank unchanged.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
 
 from dataprep.changes import changed_users
 from profile_infer.api import infer
-from profile_infer.outputs import STAGE
+from profile_infer.layout import STAGE, ProfileMeta
 from userip.atomic import publish_dir
 from userip.config import ProfileConfig
 
@@ -29,7 +28,7 @@ def refresh_profiles(cfg: ProfileConfig, base_profile: Path, data_dir: Path,
     checkpoints instead of starting over.
     """
     base_profile, data_dir, out_dir = Path(base_profile), Path(data_dir), Path(out_dir)
-    old_data = Path(json.loads((base_profile / "meta.json").read_text())["data_dir"])
+    old_data = Path(ProfileMeta.read(base_profile).data_dir)
     users = changed_users(old_data, data_dir)
     log.info("refresh: %d users with a new or changed history since %s", len(users), old_data)
     if not users:

@@ -29,8 +29,13 @@ import torch.nn.functional as F
 
 from profile_infer import distributed as dd
 from profile_infer.checkpoint import Checkpointer
-from profile_infer.codebooks import (EMACodebook, assign_chunked, kmeans_codebook,
-                                     nearest_codes, reseed_dead_codes)
+from profile_infer.codebooks import (
+    EMACodebook,
+    assign_chunked,
+    kmeans_codebook,
+    nearest_codes,
+    reseed_dead_codes,
+)
 from profile_infer.data import ProfileData
 from profile_infer.prompt import PromptLayout, pad_targets, target_nll
 from profile_infer.state import Progress, TrainState
@@ -120,7 +125,7 @@ class Trainer:
 
     # ---- one global batch -------------------------------------------------------------
     def train_step(self, batch_rows: torch.Tensor, joint: bool) -> dict[str, float]:
-        cfg, st = self.cfg, self.state
+        _cfg, st = self.cfg, self.state
         g = len(batch_rows)
         rows, local = self._split(batch_rows)
         theta = st.theta[local].to(self.device).requires_grad_(True)

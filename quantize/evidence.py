@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from dataprep.layout import INTERACTIONS, ITEMS
 from dataprep.readers.base import CATEGORY_SEP
 
 LIKE_RATE_BINS = 4
@@ -25,14 +26,14 @@ TASTE_MIN_COUNT = 3  # a category counts for a user's taste from this many inter
 def user_facts(data_dir: Path) -> pl.DataFrame:
     """Per user with train interactions: ``like_rate``, ``like_bin`` (quartile) and ``taste``."""
     data_dir = Path(data_dir)
-    train = (pl.read_parquet(data_dir / "interactions.parquet",
+    train = (pl.read_parquet(data_dir / INTERACTIONS,
                              columns=["user_id", "item_id", "label", "split"])
              .filter(pl.col("split") == "train"))
     rate = train.group_by("user_id").agg(pl.col("label").cast(pl.Float64).mean().alias("like_rate"))
     edges = np.quantile(rate["like_rate"].to_numpy(), np.linspace(0, 1, LIKE_RATE_BINS + 1)[1:-1])
     rate = rate.with_columns(
         pl.Series("like_bin", np.searchsorted(edges, rate["like_rate"].to_numpy(), side="right")))
-    items = pl.read_parquet(data_dir / "items.parquet", columns=["item_id", "categories"])
+    items = pl.read_parquet(data_dir / ITEMS, columns=["item_id", "categories"])
     cats = (train.join(items, on="item_id", how="left")
             .with_columns(pl.col("categories").str.split(CATEGORY_SEP).alias("category"))
             .explode("category").drop_nulls("category")

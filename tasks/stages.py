@@ -3,15 +3,18 @@
 Every task takes JSON-able parameters (a config section as a dict, input and output
 paths) and returns its output directory. The flow names that directory after the stage's
 content key (``userip.fingerprint.stage_key``), so the cache key is simply the output
-path: equal inputs, settings and code give the same key and a cache hit.
+path: equal inputs, settings and code give the same key and a cache hit. The folder
+decides: a task whose ``done`` file exists returns at once (unless ``refresh``), so a
+wiped Prefect cache never recomputes a finished stage.
 """
 
 from __future__ import annotations
 
-import hashlib
+import inspect
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +23,15 @@ from prefect.context import TaskRunContext
 from prefect.serializers import JSONSerializer
 from prefect.settings import get_current_settings
 
+from userip.fingerprint import hash_json
+
 
 def _content_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """The task's name and parameters; ``out_dir`` among them already names the content.
     Prefect stores the cache record under this key as a file name, hence the hash; a
     record there that userip did not write is moved aside first."""
-    blob = json.dumps({"task": context.task.name, **parameters,
-                       "out_dir": str(Path(parameters["out_dir"]).resolve())},
-                      sort_keys=True, default=str)
-    key = hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+    key = hash_json({"task": context.task.name, **parameters,
+                     "out_dir": str(Path(parameters["out_dir"]).resolve())})
     refuse_foreign_record(key)
     return key
 
@@ -70,38 +73,57 @@ def refuse_foreign_record(key: str) -> None:
         os.replace(path, path.with_name(path.name + ".refused"))
 
 
-def stage_task(name: str, **options: Any):
-    """Decorator: a cached, persisted Prefect task for one stage, its result a JSON path."""
-    # task_run_name: runs are named by stage alone (Prefect would add a random suffix)
-    return task(name=name, cache_key_fn=_content_key, persist_result=True,
-                result_serializer=RESULT_SERIALIZER, task_run_name=name, **options)
+def stage_task(name: str, **options: Any) -> Callable[[Callable[..., object]], Any]:
+    """Decorator: a cached, persisted Prefect task for one stage, its result a JSON path.
+    The task gains two parameters: ``done``, the file whose existence marks the stage
+    finished (the body is then skipped), and ``refresh``, to compute it anyway."""
+
+    def decorate(body: Callable[..., object]) -> Any:
+        def run(*, out_dir: str, done: str, refresh: bool = False, **params: Any) -> str:
+            if refresh or not Path(done).exists():
+                body(out_dir=out_dir, **params)
+            return out_dir
+
+        signature = inspect.signature(body)
+        extra = [inspect.Parameter("done", inspect.Parameter.KEYWORD_ONLY, annotation=str),
+                 inspect.Parameter("refresh", inspect.Parameter.KEYWORD_ONLY, default=False,
+                                   annotation=bool)]
+        run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+                        for p in signature.parameters.values()] + extra, return_annotation=str)
+        run.__name__, run.__qualname__, run.__doc__ = body.__name__, body.__qualname__, body.__doc__
+        run.__module__ = body.__module__
+        # task_run_name: runs are named by stage alone (Prefect would add a random suffix)
+        return task(name=name, cache_key_fn=_content_key, persist_result=True,
+                    result_serializer=RESULT_SERIALIZER, task_run_name=name, **options)(run)
+
+    return decorate
 
 
 @stage_task("prepare", retries=1)
-def prepare_task(section: dict[str, Any], out_dir: str) -> str:
+def prepare_task(section: dict[str, Any], out_dir: str) -> None:
     from dataprep.pipeline import prepare
     from userip.config import PrepareConfig
 
     prepare(PrepareConfig.model_validate(section), Path(out_dir))
-    return out_dir
 
 
 @stage_task("infer")
 def infer_task(section: dict[str, Any], data_dir: str, out_dir: str,
-               users_file: str | None = None) -> str:
+               users_file: str | None = None) -> None:
     """Profile inference; resumes from ``<out_dir>.ckpt`` when an earlier run was killed."""
+    from dataprep.layout import DataStats, data_users
     from profile_infer import infer
-    from userip.config import ProfileConfig, check_codebooks_fit, data_users
+    from userip.config import ProfileConfig, check_codebooks_fit
 
     cfg = ProfileConfig.model_validate(section)
-    check_codebooks_fit(cfg, data_users(Path(data_dir)), f"{Path(data_dir) / 'stats.json'}")
+    check_codebooks_fit(cfg, data_users(Path(data_dir)), str(DataStats.path(Path(data_dir))))
     infer(cfg, Path(data_dir), Path(out_dir),
           users_file=Path(users_file) if users_file else None)
-    return out_dir
 
 
 @stage_task("refresh")
-def refresh_task(section: dict[str, Any], base_profile: str, data_dir: str, out_dir: str) -> str:
+def refresh_task(section: dict[str, Any], base_profile: str, data_dir: str, out_dir: str) -> None:
     """Nightly: re-infer changed users on the frozen base profile; publishes nothing when
     no history changed."""
     from profile_infer.refresh import refresh_profiles
@@ -109,39 +131,53 @@ def refresh_task(section: dict[str, Any], base_profile: str, data_dir: str, out_
 
     refresh_profiles(ProfileConfig.model_validate(section), Path(base_profile), Path(data_dir),
                      Path(out_dir))
-    return out_dir
 
 
 @stage_task("quantize")
-def quantize_task(section: dict[str, Any], profile_dir: str, out_dir: str) -> str:
+def quantize_task(section: dict[str, Any], profile_dir: str, out_dir: str) -> None:
     from quantize import quantize
     from userip.config import QuantizeConfig
 
     quantize(QuantizeConfig.model_validate(section), Path(profile_dir), Path(out_dir))
-    return out_dir
 
 
 @stage_task("export")
 def export_task(codes_dir: str, codebook: str, lm_id: str, data_dir: str, bank_dir: str,
-                keep: int, out_dir: str, grace_seconds: float) -> str:
-    """Publish a new bank version; ``out_dir`` records which one, so a cache hit publishes
-    nothing new."""
+                keep: int, out_dir: str, grace_seconds: float, run_name: str) -> None:
+    """Publish a new bank version; ``out_dir/version.txt`` records which one, so a rerun
+    publishes nothing new while that version exists."""
+    from prefect.artifacts import create_link_artifact
+
+    from dataprep.layout import INTERACTIONS
     from feature_bank import publish
     from userip.atomic import publish_dir, staging_dir
     from userip.fingerprint import hash_paths
 
     version = publish(Path(codes_dir), Path(bank_dir), keep, codebook=Path(codebook),
-                      lm_id=lm_id, data_fingerprint=hash_paths([Path(data_dir) / "interactions.parquet"]),
+                      lm_id=lm_id, data_fingerprint=hash_paths([Path(data_dir) / INTERACTIONS]),
                       grace_seconds=grace_seconds)
     with staging_dir(Path(out_dir), stage="export") as tmp:
-        (tmp / "version.txt").write_text(f"{version}\n")
+        (tmp / VERSION_RECORD).write_text(f"{version}\n")
         publish_dir(tmp, Path(out_dir), stage="export")
-    return str(version)
+    create_link_artifact(key=f"userip-bank-{artifact_slug(run_name)}", link=version.resolve().as_uri(),
+                         link_text=version.name,
+                         description=f"Feature bank version published by this run ({run_name})")
+
+
+VERSION_RECORD = "version.txt"
+
+
+def recorded_version(out_dir: Path) -> Path | None:
+    """The bank version an export folder records (retention may have removed it since)."""
+    try:
+        return Path((Path(out_dir) / VERSION_RECORD).read_text().strip())
+    except FileNotFoundError:
+        return None
 
 
 @stage_task("train")
 def train_task(model: str, section: dict[str, Any], data_dir: str, codes_dir: str,
-               out_dir: str) -> str:
+               out_dir: str) -> None:
     """Fit one model (every planned variant and seed); the flow maps this over models."""
     from downstream.suite import train_all
     from userip.config import DownstreamConfig
@@ -149,7 +185,6 @@ def train_task(model: str, section: dict[str, Any], data_dir: str, codes_dir: st
     train_all(DownstreamConfig.model_validate(section), Path(data_dir), Path(out_dir),
               codes=Path(codes_dir))
     train_marker(Path(out_dir), model).write_text("done\n")
-    return out_dir
 
 
 def train_marker(run_dir: Path, model: str) -> Path:
@@ -158,12 +193,11 @@ def train_marker(run_dir: Path, model: str) -> Path:
 
 
 @stage_task("evaluate")
-def evaluate_task(data_dir: str, out_dir: str) -> str:
+def evaluate_task(data_dir: str, out_dir: str) -> None:
     from downstream.suite import evaluate_all
 
     evaluate_all(Path(out_dir), Path(data_dir))
     (Path(out_dir) / EVALUATED).write_text("done\n")
-    return out_dir
 
 
 EVALUATED = "evaluate.done"
@@ -171,7 +205,7 @@ REPORT = "report.md"
 
 
 @stage_task("report")
-def report_task(section: dict[str, Any], run_name: str, data_dir: str, out_dir: str) -> str:
+def report_task(section: dict[str, Any], run_name: str, data_dir: str, out_dir: str) -> None:
     """Write report.md, metrics.json and plots; publish them as Prefect artifacts under keys
     that stay the same from run to run, so the UI shows their history."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -187,4 +221,3 @@ def report_task(section: dict[str, Any], run_name: str, data_dir: str, out_dir: 
     report = (Path(out_dir) / "report.md").read_text()
     create_markdown_artifact(key=f"userip-report-{name}", markdown=report,
                              description=f"Downstream report; plots beside {out_dir}/report.md")
-    return out_dir

@@ -18,9 +18,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.standin_codes import write_standin
-from feature_bank import FeatureBank, IncompatibleBankError, LATEST, memory_report, publish
+from feature_bank import LATEST, FeatureBank, IncompatibleBankError, memory_report, publish
 from feature_bank.bank import BankError
+from quantize.standin import write_standin
 from userip.cli import main as cli_main
 from userip.errors import InputError
 

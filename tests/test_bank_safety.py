@@ -14,7 +14,7 @@ import pytest
 
 from feature_bank import LATEST, FeatureBank, publish
 from feature_bank.bank import BankError
-from tests.standin_codes import write_standin
+from quantize.standin import write_standin
 from userip.atomic import OutputDirError
 from userip.errors import InputError
 

@@ -19,7 +19,7 @@ import pytest
 from feature_bank import FeatureBank, publish
 from feature_bank.bank import BankError
 from feature_bank.index import INDEX_FILE, UserIndex, hash_ids
-from tests.standin_codes import write_standin
+from quantize.standin import write_standin
 from userip.errors import InputError
 from userip.fingerprint import sha256_file
 

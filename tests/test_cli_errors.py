@@ -90,14 +90,14 @@ def test_codebook_larger_than_the_data_is_refused_before_inference(tmp_path: Pat
     (data / "stats.json").write_text("{not json")
     err = _one_line_error(capsys, ["infer", "--config", str(cfg), "--data", str(data),
                                    "--out", str(tmp_path / "p")])
-    assert "stats.json: no readable user count" in err
+    assert "stats.json: not a valid stats.json" in err
 
 
 @pytest.mark.parametrize("argv, expected", [
     (["--set", "prepare.min_core=-3"], "prepare.min_core"),
     (["--set", "nonsense"], "--set expects KEY=VALUE"),
     (["--set", "prepare.min_core=[1"], "invalid YAML value"),
-    (["--stages", "bogus"], "unknown stages"),
+    (["--stages", "bogus"], "unknown stage 'bogus'"),
 ])
 def test_run_refuses_before_starting_a_server(tmp_path: Path, argv: list[str], expected: str) -> None:
     started = time.monotonic()

@@ -20,9 +20,9 @@ from downstream.features import load_users, open_codes
 from downstream.layers import Hyper
 from downstream.metrics import ctr_metrics
 from downstream.models import MODELS
-from tests.standin_codes import write_standin
 from downstream.train import Scorer, fit, prepare
 from feature_bank import FeatureBank, IncompatibleBankError, publish
+from quantize.standin import write_standin
 from userip.cli import main as cli_main
 from userip.errors import ConfigError, InputError
 

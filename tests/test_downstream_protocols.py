@@ -24,11 +24,19 @@ from downstream.layers import Hyper
 from downstream.metrics import activity_bucket
 from downstream.report import write_report
 from downstream.stat_codes import LIKE_RATE_BINS, stat_codes, write_stat_codes
-from downstream.suite import (NEW_USERS, Job, evaluate_all, hold_out_users, plan, read_held_out,
-                              train_all, trained_dirs)
+from downstream.suite import (
+    NEW_USERS,
+    Job,
+    evaluate_all,
+    hold_out_users,
+    plan,
+    read_held_out,
+    train_all,
+    trained_dirs,
+)
 from downstream.train import Scorer, fit, prepare
 from feature_bank import FeatureBank
-from tests.standin_codes import write_standin
+from quantize.standin import write_standin
 from userip.config import DownstreamConfig
 from userip.errors import InputError
 

@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from profile_infer import infer
+from profile_infer.layout import Profile
 from profile_infer.model_loading import load_frozen_lm
-from profile_infer.outputs import load_published
 from tests.profile_fixtures import write_data_dir, write_tiny_llama
 from userip.cli import main as cli_main
 from userip.config import ProfileConfig, load_config
@@ -82,9 +82,9 @@ def test_bad_model_dirs_give_clear_errors(tmp_path):
 
 
 def test_tokenizer_without_pad_falls_back_to_eos(tiny, tmp_path):
-    from transformers import AutoTokenizer
-
     import shutil
+
+    from transformers import AutoTokenizer
     shutil.copytree(tiny, tmp_path / "nopad")
     tok = AutoTokenizer.from_pretrained(tiny)
     tok.pad_token = None
@@ -152,11 +152,16 @@ def test_sigkill_and_restart_ends_with_the_same_codes(tiny, tmp_path):
     ckpt = tmp_path / "killed.ckpt"
     proc = _run_cli(cfg, data, tmp_path / "killed")
     deadline = time.time() + 120
-    while not ckpt.exists() or not any(ckpt.glob("*.pt")):
-        assert proc.poll() is None, "run ended before its first checkpoint"
+    def state_file() -> tuple[int, int] | None:
+        files = list(ckpt.glob("state.*.pt")) if ckpt.exists() else []
+        return (files[0].stat().st_ino, files[0].stat().st_mtime_ns) if files else None
+
+    first = None
+    while first is None or state_file() in (None, first):  # kill once a second checkpoint lands
+        first = first or state_file()
+        assert proc.poll() is None, "run ended before its second checkpoint"
         assert time.time() < deadline
-        time.sleep(0.05)
-    time.sleep(1.0)  # let it run past the first checkpoint
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed").exists(), "a killed run must not publish"
@@ -164,30 +169,30 @@ def test_sigkill_and_restart_ends_with_the_same_codes(tiny, tmp_path):
     _, err = again.communicate(timeout=240)
     assert again.returncode == 0, err
     assert "resumed from" in err
-    a, b = load_published(tmp_path / "ref"), load_published(tmp_path / "killed")
-    assert a["codes"].equals(b["codes"])
-    assert torch.equal(a["theta"], b["theta"])
-    assert all(torch.equal(x, y) for x, y in zip(a["codebooks"], b["codebooks"]))
+    a, b = Profile.read(tmp_path / "ref"), Profile.read(tmp_path / "killed")
+    assert a.codes.equals(b.codes)
+    assert torch.equal(a.theta, b.theta)
+    assert all(torch.equal(x, y) for x, y in zip(a.codebooks, b.codebooks))
 
 
 def test_incremental_refresh_touches_only_given_users(tiny, tmp_path):
     data = write_data_dir(tmp_path / "data", n_users=12)
     cfg = tiny_cfg(tiny)
     out = infer(cfg, data, tmp_path / "p")
-    before = load_published(out)
+    before = Profile.read(out)
     (tmp_path / "users.txt").write_text("u002\nu005\n")
     infer(cfg, data, out, users_file=tmp_path / "users.txt")
-    after = load_published(out)
-    assert after["user_ids"] == before["user_ids"]
-    changed = [before["user_ids"].index(u) for u in ("u002", "u005")]
+    after = Profile.read(out)
+    assert after.user_ids == before.user_ids
+    changed = [before.user_ids.index(u) for u in ("u002", "u005")]
     others = [i for i in range(12) if i not in changed]
-    assert torch.equal(after["theta"][others], before["theta"][others])
-    assert not torch.equal(after["theta"][changed], before["theta"][changed])
-    assert all(torch.equal(x, y) for x, y in zip(after["codebooks"], before["codebooks"]))
-    assert all(torch.equal(after["surrogate"][k], v) for k, v in before["surrogate"].items())
+    assert torch.equal(after.theta[others], before.theta[others])
+    assert not torch.equal(after.theta[changed], before.theta[changed])
+    assert all(torch.equal(x, y) for x, y in zip(after.codebooks, before.codebooks))
+    assert all(torch.equal(after.surrogate[k], v) for k, v in before.surrogate.items())
     keep = ~pl.col("user_id").is_in(["u002", "u005"])
-    assert after["codes"].filter(keep).equals(before["codes"].filter(keep))
-    assert after["meta"]["mode"] == "incremental" and after["meta"]["refreshed_users"] == 2
+    assert after.codes.filter(keep).equals(before.codes.filter(keep))
+    assert after.meta.mode == "incremental" and after.meta.refreshed_users == 2
 
 
 def test_two_torchrun_processes_match_one(tiny, tmp_path):
@@ -199,11 +204,11 @@ def test_two_torchrun_processes_match_one(tiny, tmp_path):
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     infer(load_config(cfg).profile.model_copy(update={"nproc": 1}), data, tmp_path / "p1")
-    one, two = load_published(tmp_path / "p1"), load_published(tmp_path / "p2")
-    assert two["meta"]["world_size"] == 2 and one["meta"]["world_size"] == 1
-    assert one["user_ids"] == two["user_ids"]
-    torch.testing.assert_close(one["theta"], two["theta"], rtol=0, atol=1e-5)
-    for a, b in zip(one["codebooks"], two["codebooks"]):
+    one, two = Profile.read(tmp_path / "p1"), Profile.read(tmp_path / "p2")
+    assert two.meta.world_size == 2 and one.meta.world_size == 1
+    assert one.user_ids == two.user_ids
+    torch.testing.assert_close(one.theta, two.theta, rtol=0, atol=1e-5)
+    for a, b in zip(one.codebooks, two.codebooks):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-    assert one["codes"].select("user_id", "hobby", "background").equals(
-        two["codes"].select("user_id", "hobby", "background"))
+    assert one.codes.select("user_id", "hobby", "background").equals(
+        two.codes.select("user_id", "hobby", "background"))

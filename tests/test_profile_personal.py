@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,8 +21,8 @@ from profile_infer.checkpoint import Checkpointer
 from profile_infer.codebooks import EMACodebook
 from profile_infer.data import load_profile_data, pack_windows
 from profile_infer.evidence import derangement, gap, lm_evidence
+from profile_infer.layout import Profile
 from profile_infer.model_loading import load_frozen_lm
-from profile_infer.outputs import load_published
 from profile_infer.train import Trainer
 from quantize.evidence import agreement, code_evidence, nmi_test, user_facts
 from tests.profile_fixtures import write_data_dir, write_tiny_llama
@@ -103,14 +102,14 @@ def test_shared_start_makes_differences_come_from_the_data(tiny, tmp_path):
     data = write_data_dir(tmp_path / "data", n_users=12)
     base = dict(model=str(tiny), max_target_tokens=16, batch_size=4, warmup_epochs=1,
                 max_epochs=1, explain_users=0, lr=0.05)
-    shared = load_published(infer(ProfileConfig(**base), data, tmp_path / "s"))
+    shared = Profile.read(infer(ProfileConfig(**base), data, tmp_path / "s"))
     emb_mean = load_frozen_lm(str(tiny), "cpu").model.get_input_embeddings().weight.mean(0)
     # every row moved away from the common start, and rows differ from each other
-    assert (shared["theta"] - emb_mean).flatten(1).norm(dim=1).min() > 0
-    assert torch.cdist(shared["theta"].flatten(1), shared["theta"].flatten(1)).sum() > 0
-    assert shared["meta"]["theta_init"] == "shared"
-    rand = load_published(infer(ProfileConfig(**base, theta_init="random"), data, tmp_path / "r"))
-    assert (rand["theta"] - shared["theta"]).abs().max() > 0.1  # the ablation still runs
+    assert (shared.theta - emb_mean).flatten(1).norm(dim=1).min() > 0
+    assert torch.cdist(shared.theta.flatten(1), shared.theta.flatten(1)).sum() > 0
+    assert shared.meta.theta_init == "shared"
+    rand = Profile.read(infer(ProfileConfig(**base, theta_init="random"), data, tmp_path / "r"))
+    assert (rand.theta - shared.theta).abs().max() > 0.1  # the ablation still runs
     with pytest.raises(ValueError, match="warmup_epochs >= 1"):
         ProfileConfig(**{**base, "warmup_epochs": 0})
 
@@ -127,10 +126,10 @@ def test_ema_codebook_follows_its_users_and_a_code_without_users_stays():
 
 def test_curves_log_each_terms_gradient_and_gamma_carries_the_share(tiny, tmp_path):
     data = write_data_dir(tmp_path / "data", n_users=12)
-    run = load_published(infer(ProfileConfig(model=str(tiny), max_target_tokens=16, batch_size=4,
+    run = Profile.read(infer(ProfileConfig(model=str(tiny), max_target_tokens=16, batch_size=4,
                                              warmup_epochs=1, max_epochs=1, explain_users=0,
                                              rec_grad_share=0.5), data, tmp_path / "p"))
-    joint = [r for r in run["curves"] if r["phase"] == "joint"][0]
+    joint = [r for r in run.curves if r["phase"] == "joint"][0]
     for key in ("grad_llm", "grad_vec", "grad_rec", "gamma", "history_coverage"):
         assert np.isfinite(joint[key]) and joint[key] >= 0, key
     assert joint["gamma"] != pytest.approx(1.0)  # chosen by the share, not the fixed γ
@@ -138,7 +137,7 @@ def test_curves_log_each_terms_gradient_and_gamma_carries_the_share(tiny, tmp_pa
     cfg = ProfileConfig(model=str(tiny), rec_grad_share=0.2)
     assert Trainer._gamma(SimpleNamespace(cfg=cfg), 3.0, 2.0) == pytest.approx(0.25 * 3.0 / 2.0)
     assert Trainer._gamma(SimpleNamespace(cfg=cfg), 3.0, 0.0) == cfg.gamma  # nothing to scale
-    warm = run["meta"]["surrogate_warmup"]
+    warm = run.meta.surrogate_warmup
     assert warm["bce_after"] < warm["bce_before"]
 
 

@@ -14,10 +14,9 @@ import pytest
 import torch
 
 from profile_infer import infer
-from profile_infer.codebooks import reseed_dead_codes
-from profile_infer.codebooks import assign_chunked
+from profile_infer.codebooks import assign_chunked, reseed_dead_codes
 from profile_infer.describe import describe_codes
-from profile_infer.outputs import load_published
+from profile_infer.layout import Profile
 from tests.profile_fixtures import write_data_dir, write_tiny_llama
 from userip.config import ProfileConfig
 
@@ -34,25 +33,25 @@ def test_published_profile_is_the_best_epoch_not_the_last(tiny, tmp_path):
     # and patience 1 stops the run after it.
     base = dict(model=str(tiny), max_target_tokens=16, batch_size=4, warmup_epochs=1,
                 patience=1, checkpoint_every=2, explain_users=0, lr=1.0, rec_grad_share=0.9)
-    run = load_published(infer(ProfileConfig(**base, max_epochs=3), data, tmp_path / "run"))
-    valid = {int(r["epoch"]): r["valid_llm"] for r in run["curves"]}
-    assert run["meta"]["epochs_run"] == 3 and valid[2] > valid[1], "construction changed"
-    assert run["meta"]["published_epoch"] == 1
-    assert run["meta"]["best_valid_llm"] == pytest.approx(valid[1])
+    run = Profile.read(infer(ProfileConfig(**base, max_epochs=3), data, tmp_path / "run"))
+    valid = {int(r["epoch"]): r["valid_llm"] for r in run.curves}
+    assert run.meta.epochs_run == 3 and valid[2] > valid[1], "construction changed"
+    assert run.meta.published_epoch == 1
+    assert run.meta.best_valid_llm == pytest.approx(valid[1])
 
     # The same run stopped after joint epoch 1: its last state is what must be published.
-    ref = load_published(infer(ProfileConfig(**base, max_epochs=1), data, tmp_path / "ref"))
-    assert torch.equal(run["theta"], ref["theta"])
-    assert all(torch.equal(a, b) for a, b in zip(run["codebooks"], ref["codebooks"]))
-    assert all(torch.equal(run["surrogate"][k], v) for k, v in ref["surrogate"].items())
-    assert run["codes"].equals(ref["codes"])
+    ref = Profile.read(infer(ProfileConfig(**base, max_epochs=1), data, tmp_path / "ref"))
+    assert torch.equal(run.theta, ref.theta)
+    assert all(torch.equal(a, b) for a, b in zip(run.codebooks, ref.codebooks))
+    assert all(torch.equal(run.surrogate[k], v) for k, v in ref.surrogate.items())
+    assert run.codes.equals(ref.codes)
 
     # The guard ran at every joint epoch end and is counted in curves and meta.
-    joint = [r for r in run["curves"] if r["phase"] == "joint"]
+    joint = [r for r in run.curves if r["phase"] == "joint"]
     assert all(not math.isnan(r["reseeded"]) for r in joint)
-    assert sum(r["reseeded"] for r in joint) == sum(run["meta"]["reseeded_codes"].values())
-    for p in run["meta"]["profiles"]:  # the published codebooks passed the guard
-        assert set(run["codes"][p["name"]].to_list()) == set(range(p["K"]))
+    assert sum(r["reseeded"] for r in joint) == sum(run.meta.reseeded_codes.values())
+    for p in run.meta.profiles:  # the published codebooks passed the guard
+        assert set(run.codes[p.name].to_list()) == set(range(p.K))
 
 
 def _clusters() -> torch.Tensor:

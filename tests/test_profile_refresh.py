@@ -10,7 +10,7 @@ import torch
 
 from dataprep.pipeline import prepare
 from profile_infer import infer
-from profile_infer.outputs import load_published
+from profile_infer.layout import Profile
 from profile_infer.refresh import refresh_profiles
 from tests.profile_fixtures import write_tiny_llama
 from userip.config import PrepareConfig, ProfileConfig
@@ -23,19 +23,20 @@ def test_refresh_on_a_new_dump(tmp_path: Path) -> None:
     prepare(PrepareConfig(source="movielens-100k", max_users=8), old)
     prepare(PrepareConfig(source="movielens-100k", max_users=11), new)
     # the new dump indexes items differently: a frozen surrogate must follow item ids
-    items = lambda d: dict(pl.read_parquet(d / "items.parquet").select("item_id", "item_idx").iter_rows())
+    def items(d):
+        return dict(pl.read_parquet(d / "items.parquet").select("item_id", "item_idx").iter_rows())
     assert items(old) != {k: v for k, v in items(new).items() if k in items(old)}
 
     base = infer(cfg, old, tmp_path / "base")
     refreshed = refresh_profiles(cfg, base, new, tmp_path / "fresh")
     assert len(refreshed) == 3
 
-    before, after = load_published(base), load_published(tmp_path / "fresh")
-    assert after["user_ids"][:8] == before["user_ids"] and len(after["user_ids"]) == 11
-    assert torch.equal(after["theta"][:8], before["theta"])
-    assert all(torch.equal(x, y) for x, y in zip(after["codebooks"], before["codebooks"]))
-    assert after["item_ids"] == before["item_ids"]
-    assert after["meta"]["skipped"]["train_interactions_with_unknown_items"] > 0
+    before, after = Profile.read(base), Profile.read(tmp_path / "fresh")
+    assert after.user_ids[:8] == before.user_ids and len(after.user_ids) == 11
+    assert torch.equal(after.theta[:8], before.theta)
+    assert all(torch.equal(x, y) for x, y in zip(after.codebooks, before.codebooks))
+    assert after.item_ids == before.item_ids
+    assert after.meta.skipped["train_interactions_with_unknown_items"] > 0
     assert not list(tmp_path.glob("fresh.*"))  # work dir and user list cleaned up
     assert refresh_profiles(cfg, tmp_path / "fresh", new, tmp_path / "again") == []
     assert not (tmp_path / "again").exists()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from profile_infer.codebooks import codes_frame
+from profile_infer.layout import ProfileEntry, ProfileMeta
 from profile_infer.outputs import publish
 from quantize import quantize
 from userip.cli import main as cli_main
@@ -29,8 +30,13 @@ def profile_dir(tmp_path):
                  torch.tensor(rng.normal(size=(3, 8)), dtype=torch.float32)]
     ids = [f"u{i:02d}" for i in range(60)]
     codes = codes_frame(ids, theta, codebooks, [p.name for p in cfg.profiles], (slice(0, 1), slice(1, 2)))
-    meta = {"profiles": [{"name": "hobby", "K": 4, "n_tokens": 1},
-                         {"name": "background", "K": 3, "n_tokens": 1}]}
+    meta = ProfileMeta(
+        model="synthetic", model_path="-", device="cpu", data_dir=str(tmp_path / "no-data"),
+        dtype="float32", config_fingerprint="-", n_users=60, n_items=0, hidden_size=8,
+        profiles=[ProfileEntry(name=p.name, K=p.codebook_size, n_tokens=1, context=p.context)
+                  for p in cfg.profiles], mode="full", refreshed_users=60, epochs_run=1,
+        early_stopped=False, published_epoch=0, reseeded_codes={}, theta_init="shared",
+        skipped={}, pad_token_fallback=False, world_size=1)
     return publish(tmp_path / "profile", theta=theta, user_ids=ids, codebooks=codebooks,
                    surrogate_state={"w": torch.zeros(1)}, item_ids=[], codes=codes, curves=[],
                    explain={}, meta=meta), labels

@@ -6,10 +6,8 @@ cache keys of ``prepare`` and ``infer`` untouched (see ``tasks/``).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -32,14 +30,18 @@ S = TypeVar("S", bound=BaseModel)
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, not silently ignored."""
+    """Base of every config section: unknown keys are errors, not silently ignored.
+
+    A section's fields are of two kinds: those that change what its stage computes, and
+    ``run_fields``, how it is run (threads, workers, checkpoint cadence). A stage's cache
+    key holds ``learned()`` only, so changing a run setting reuses a finished output."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    run_fields: ClassVar[frozenset[str]] = frozenset()
 
-    def fingerprint(self) -> str:
-        """Stable hash of this section's values, for cache keys."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    def learned(self) -> dict[str, Any]:
+        """The fields that change the stage's output, as JSON values."""
+        return self.model_dump(mode="json", exclude=set(self.run_fields))
 
 
 class PrepareConfig(Section):
@@ -84,6 +86,8 @@ class ProfileSpec(Section):
 
 
 class ProfileConfig(Section):
+    run_fields: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})
+
     model: str = "smollm2-135m"
     profiles: tuple[ProfileSpec, ...] = (
         ProfileSpec(name="hobby", context="This user's hobby is", codebook_size=4),
@@ -133,7 +137,7 @@ class ProfileConfig(Section):
                                 "users with a validation text (None: all of them)")
 
     @model_validator(mode="after")
-    def _shared_start_needs_warmup(self) -> "ProfileConfig":
+    def _shared_start_needs_warmup(self) -> ProfileConfig:
         if self.theta_init == "shared" and self.warmup_epochs == 0:
             raise ValueError("theta_init 'shared' needs warmup_epochs >= 1: k-means cannot "
                              "initialise codebooks on identical θ rows")
@@ -156,6 +160,8 @@ class QuantizeConfig(Section):
 
 
 class BankConfig(Section):
+    run_fields: ClassVar[frozenset[str]] = frozenset({"keep_versions", "grace_seconds"})
+
     path: Path = Path("bank")
     keep_versions: int = Field(5, ge=1)
     grace_seconds: float = Field(
@@ -163,6 +169,8 @@ class BankConfig(Section):
 
 
 class DownstreamConfig(Section):
+    run_fields: ClassVar[frozenset[str]] = frozenset({"threads", "workers", "task_runner"})
+
     models: tuple[str, ...] = ("dcn",)
     seeds: tuple[int, ...] = (0, 1, 2)
     ablation_seeds: tuple[int, ...] = Field(
@@ -240,22 +248,12 @@ class Config(Section):
 def check_codebooks_fit(profile: ProfileConfig, n_users: int | None, where: str) -> None:
     """ConfigError when a codebook has more codes than there are users (the quantizer
     cannot fill it; unchecked, that failed only after the warm-up epoch)."""
-    for spec in profile.profiles if n_users is not None else ():
+    if n_users is None:
+        return
+    for spec in profile.profiles:
         if spec.codebook_size > n_users:
             raise ConfigError(f"profile {spec.name!r}: codebook_size {spec.codebook_size} is more "
                               f"than the {n_users} users ({where})")
-
-
-def data_users(data_dir: Path) -> int | None:
-    """The number of users of a prepared data set, from its ``stats.json``; None when it
-    has none (the profile stage then names the files it misses)."""
-    path = Path(data_dir) / "stats.json"
-    try:
-        return int(json.loads(path.read_text())["users"])
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path}: no readable user count ({exc})") from None
 
 
 def validated(model: type[S], data: Any, source: str) -> S:

@@ -28,6 +28,12 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def hash_json(value: object, digest_size: int = 16) -> str:
+    """Hash of a JSON-able value (keys sorted): config sections, parameters, id lists."""
+    blob = json.dumps(value, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(blob, digest_size=digest_size).hexdigest()
+
+
 def hash_paths(paths: Iterable[Path | str | None]) -> str:
     """Hash of the contents of files and of every file under directories, by relative name."""
     digest = hashlib.blake2b(digest_size=16)
@@ -61,12 +67,8 @@ def stage_key(stage: str, section: dict | str, inputs: Iterable[Path | str | Non
               packages: Iterable[str]) -> str:
     """The cache key of one stage run; also names its output directory
     (``<workdir>/<stage>/<key>``)."""
-    blob = json.dumps(
-        {"stage": stage, "section": section, "inputs": hash_paths(inputs),
-         "code": code_version(*packages)},
-        sort_keys=True, default=str,
-    )
-    return hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
+    return hash_json({"stage": stage, "section": section, "inputs": hash_paths(inputs),
+                      "code": code_version(*packages)}, digest_size=8)
 
 
 def model_fingerprint(model_dir: Path) -> str:

@@ -18,10 +18,21 @@ import polars as pl
 
 from dataprep.readers.base import CATEGORY_SEP, INTERACTION_SCHEMA, ITEM_SCHEMA, RawData, RejectLog
 from dataprep.readers.fields import (
-    date_seconds, identifier, number, price, review_text, short_text, text_list, unix_seconds,
+    date_seconds,
+    identifier,
+    number,
+    price,
+    review_text,
+    short_text,
+    text_list,
+    unix_seconds,
 )
 from dataprep.readers.jsonl import (
-    Column, RecordFormat, json_object, json_or_python_literal, read_records,
+    Column,
+    RecordFormat,
+    json_object,
+    json_or_python_literal,
+    read_records,
 )
 from userip.config import PrepareConfig
 

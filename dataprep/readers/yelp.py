@@ -14,7 +14,13 @@ import polars as pl
 
 from dataprep.readers.base import CATEGORY_SEP, INTERACTION_SCHEMA, ITEM_SCHEMA, RawData, RejectLog
 from dataprep.readers.fields import (
-    date_seconds, identifier, number, review_text, short_text, split_list, text_list,
+    date_seconds,
+    identifier,
+    number,
+    review_text,
+    short_text,
+    split_list,
+    text_list,
 )
 from dataprep.readers.jsonl import Column, RecordFormat, read_records
 from userip.config import PrepareConfig

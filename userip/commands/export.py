@@ -15,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="YAML config; its `bank` section sets defaults")
     p.add_argument("--codes", type=Path, required=True,
                    help="quantizer output dir holding codes.parquet + meta.json")
-    p.add_argument("--bank", type=Path, help="bank dir (default: bank.path of the config)")
+    p.add_argument("--bank", type=Path,
+                   help="bank dir (default: the config's bank, where `userip run` publishes)")
     p.add_argument("--codebook", type=Path,
                    help="codebooks.safetensors whose sha256 pins code meanings "
                         "(default: <codes>/codebooks.safetensors if present)")
@@ -32,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
     from userip.fingerprint import hash_paths
 
     cfg = load_config(args.config) if args.config else Config()
-    fingerprint = hash_paths([args.data / "interactions.parquet"]) if args.data else None
-    path = publish(args.codes, args.bank or cfg.bank.path, args.keep or cfg.bank.keep_versions,
+    from dataprep.layout import INTERACTIONS
+
+    fingerprint = hash_paths([args.data / INTERACTIONS]) if args.data else None
+    path = publish(args.codes, args.bank or cfg.bank_dir(), args.keep or cfg.bank.keep_versions,
                    codebook=args.codebook, lm_id=args.lm_id, data_fingerprint=fingerprint,
                    grace_seconds=cfg.bank.grace_seconds)
     print(json.dumps(memory_report(path.parent, path.name, lm_dim=args.lm_dim), indent=2))

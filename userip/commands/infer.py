@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from userip.atomic import check_output_dir
-from userip.config import check_codebooks_fit, data_users, load_config
+from userip.config import check_codebooks_fit, load_config
 
 
 def add_parser(subparsers) -> None:
@@ -33,8 +33,10 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config).profile
     # before any epoch: the data must hold enough users, --out must be ours to replace
-    check_codebooks_fit(cfg, data_users(args.data), f"{args.data / 'stats.json'}")
-    from profile_infer.outputs import STAGE
+    from dataprep.layout import DataStats, data_users
+
+    check_codebooks_fit(cfg, data_users(args.data), str(DataStats.path(args.data)))
+    from profile_infer.layout import STAGE
 
     check_output_dir(args.out, STAGE)
     if cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from userip.config import Config, PrepareConfig, load_config, validated
+from userip.config import Config, PrepareConfig, Source, load_config, validated
 
 # CLI flag -> PrepareConfig field; a flag given on the command line beats the config file.
 _FLAGS = ("source", "reviews", "meta", "users", "business", "min_core", "label_threshold",
@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="normalize a review dump into the Parquet data set",
                        description=__doc__)
     p.add_argument("--config", type=Path, help="YAML config; its `prepare` section sets defaults")
-    p.add_argument("--source", choices=PrepareConfig.model_fields["source"].annotation.__args__)
+    p.add_argument("--source", choices=get_args(Source))
     p.add_argument("--reviews", type=Path, help="reviews file (Amazon, Yelp), plain or .gz")
     p.add_argument("--meta", type=Path, help="item metadata file (Amazon)")
     p.add_argument("--users", type=Path, help="user file (Yelp)")

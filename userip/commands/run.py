@@ -48,13 +48,14 @@ def run(args: argparse.Namespace) -> int:
     # take longer than Prefect's default 20 s.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline hosts
-    from flows.userip_flow import select_stages, userip
+    from flows.plan import select
+    from flows.userip_flow import FULL, userip
     from userip.summary import summary_table
 
     # Settings first: a bad one is one line now, not after a server start (30-60 s).
     overrides = parse_overrides(args.set)
     load_config(args.config, overrides)
-    select_stages(args.stages, args.from_stage)
+    select(FULL, args.stages, args.from_stage)
 
     start = time.monotonic()
     outputs = userip(

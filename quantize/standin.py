@@ -1,22 +1,23 @@
 """Stand-in quantizer outputs: FAISS k-means on RANDOM vectors, in the quantizer's format.
 
-These codes carry no information about users. They exist only so the bank, the
-downstream zoo and the report can be exercised end to end before the profile stage's
-real codes land; every meta.json written here says so in its ``note``.
+These codes carry no information about users: the serving bench and the tests use them
+to exercise the bank, the downstream zoo and the report without a profile run, and as
+the no-information baseline. Every meta.json written here says so in its ``note``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import faiss
 import numpy as np
 import polars as pl
+
+from quantize.layout import ProfileSize, QuantizeMeta
 
 NOTE = "STAND-IN: FAISS k-means on random vectors (no user information)"
 
@@ -41,16 +42,14 @@ def write_standin(user_ids: Sequence[str], out_dir: Path, *, method: str = "kmea
         cols[name] = idx[:, 0].astype(np.int32)
         cols[f"dist_{name}"] = dist[:, 0].astype(np.float32)
     kind = "dense" if method == "none" else "codes"
-    meta = {"method": method, "kind": kind, "note": NOTE,
-            "profiles": [{"name": nm, "K": k} for nm, k in profiles]}
-    if sweep:
-        meta["sweep"] = sweep
+    meta = QuantizeMeta(method=method, kind=kind, note=NOTE, sweep=sweep,
+                        profiles=[ProfileSize(name=nm, K=k) for nm, k in profiles])
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
-    pl.DataFrame(cols).write_parquet(tmp / ("dense.parquet" if kind == "dense" else "codes.parquet"))
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    pl.DataFrame(cols).write_parquet(meta.data_file(tmp))
+    meta.write(tmp)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.rename(tmp, out_dir)
