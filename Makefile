@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/demo.yaml
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,14 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -ra
+
+# the inner loop: everything but the tests marked slow (real-model runs, real Prefect servers)
+test-fast: install
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python bench/prepare.py

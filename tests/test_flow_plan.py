@@ -144,3 +144,22 @@ def test_refresh_recomputes_the_planned_stages_only(cfg: Config, tmp_path: Path)
     run_plan(cfg, rec.table(), NAMES, log=lambda _: None)
     run_plan(cfg, rec.table(), ["quantize"], refresh=True, log=lambda _: None)
     assert rec.computed == Counter({**{n: 1 for n in NAMES}, "quantize": 2})
+
+
+def test_single_stage_commands_write_where_userip_run_does(tmp_path: Path) -> None:
+    """``userip prepare --config`` and ``userip export --config`` used to write to
+    ``<workdir>/data`` and ``bank.path`` (relative to the shell, not the work dir)."""
+    from feature_bank import FeatureBank
+    from flows.plan import resolve
+    from flows.userip_flow import PREPARE
+    from quantize.standin import write_standin
+    from userip.cli import main as cli_main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"workdir: {tmp_path / 'work'}\nprepare:\n  max_users: 12\n")
+    assert cli_main(["prepare", "--config", str(config)]) == 0
+    expected = resolve(load_config(config), PREPARE, {})
+    assert (expected / "stats.json").is_file()
+    codes = write_standin([f"u{i}" for i in range(5)], tmp_path / "codes")
+    assert cli_main(["export", "--config", str(config), "--codes", str(codes)]) == 0
+    assert FeatureBank.open(load_config(config).bank_dir()).n_users == 5

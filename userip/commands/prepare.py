@@ -23,7 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--meta", type=Path, help="item metadata file (Amazon)")
     p.add_argument("--users", type=Path, help="user file (Yelp)")
     p.add_argument("--business", type=Path, help="business file (Yelp)")
-    p.add_argument("--out", type=Path, help="output dir (default: <workdir>/data)")
+    p.add_argument("--out", type=Path,
+                   help="output dir (default: the folder `userip run` uses for these settings, "
+                        "<workdir>/prepare/<key>)")
     p.add_argument("--min-core", type=int)
     p.add_argument("--label-threshold", type=float)
     p.add_argument("--split", choices=("random", "temporal"))
@@ -39,7 +41,12 @@ def resolve(args: argparse.Namespace) -> tuple[PrepareConfig, Path]:
     overrides: dict[str, Any] = {f: getattr(args, f) for f in _FLAGS if getattr(args, f) is not None}
     section = validated(PrepareConfig, {**cfg.prepare.model_dump(), **overrides},
                         f"{args.config} with flags" if args.config else "flags")
-    return section, args.out or cfg.stage_dir("data")
+    if args.out:
+        return section, args.out
+    from flows.plan import resolve
+    from flows.userip_flow import PREPARE
+
+    return section, resolve(cfg.model_copy(update={"prepare": section}), PREPARE, {})
 
 
 def run(args: argparse.Namespace) -> int:
