@@ -10,7 +10,7 @@ bank version.
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ from tasks.stages import (
     recorded_version,
     refresh_task,
     report_task,
+    run_stage,
     train_marker,
     train_task,
 )
@@ -109,19 +110,24 @@ def per_model_sections(section: DownstreamConfig) -> dict[str, dict[str, Any]]:
     return out
 
 
-PREPARE = Stage("prepare", prepare_task, section=lambda cfg: cfg.prepare.learned(),
+def _on(stage_fn: Any) -> Any:
+    """A row's run: the stage task, its Prefect cache bypassed when the folder is not done."""
+    return partial(run_stage, stage_fn)
+
+
+PREPARE = Stage("prepare", _on(prepare_task), section=lambda cfg: cfg.prepare.learned(),
                 inputs=lambda cfg, dirs: source_inputs(cfg.prepare), code=("dataprep",),
                 params=lambda cfg, dirs: {"section": cfg.prepare.model_dump(mode="json")})
-EXPORT = Stage("export", export_task, section=_export_section, reads=("prepare", "infer", "quantize"),
+EXPORT = Stage("export", _on(export_task), section=_export_section, reads=("prepare", "infer", "quantize"),
                inputs=lambda cfg, dirs: [dirs["quantize"] / "userip"], code=("feature_bank",),
                params=_export_params, done=_export_done, output=_export_output)
 
 FULL: tuple[Stage, ...] = (
     PREPARE,
-    Stage("infer", infer_task, section=_profile_section, reads=("prepare",), code=("profile_infer",),
+    Stage("infer", _on(infer_task), section=_profile_section, reads=("prepare",), code=("profile_infer",),
           params=lambda cfg, dirs: {"section": cfg.profile.model_dump(mode="json"),
                                     "data_dir": str(dirs["prepare"])}),
-    Stage("quantize", quantize_task, section=lambda cfg: cfg.quantize.learned(), reads=("infer",),
+    Stage("quantize", _on(quantize_task), section=lambda cfg: cfg.quantize.learned(), reads=("infer",),
           code=("quantize",),
           params=lambda cfg, dirs: {"section": cfg.quantize.model_dump(mode="json"),
                                     "profile_dir": str(dirs["infer"])}),
@@ -132,10 +138,10 @@ FULL: tuple[Stage, ...] = (
           params=lambda cfg, dirs: {"section": cfg.downstream.model_dump(mode="json"),
                                     "data_dir": str(dirs["prepare"]),
                                     "codes_dir": str(dirs["quantize"])}),
-    Stage("evaluate", evaluate_task, shares="train", reads=("prepare",),
+    Stage("evaluate", _on(evaluate_task), shares="train", reads=("prepare",),
           done=lambda cfg, out: out / EVALUATED,
           params=lambda cfg, dirs: {"data_dir": str(dirs["prepare"])}),
-    Stage("report", report_task, shares="train", reads=("prepare", "evaluate"),
+    Stage("report", _on(report_task), shares="train", reads=("prepare", "evaluate"),
           done=lambda cfg, out: out / REPORT,
           params=lambda cfg, dirs: {"section": cfg.downstream.model_dump(mode="json"),
                                     "run_name": cfg.name, "data_dir": str(dirs["prepare"])}),
@@ -164,13 +170,13 @@ def _userip_only(cfg: Config) -> Any:
 
 NIGHTLY: tuple[Stage, ...] = (
     PREPARE,
-    Stage("infer", refresh_task, folder="refresh", section=_profile_section, reads=("prepare",),
+    Stage("infer", _on(refresh_task), folder="refresh", section=_profile_section, reads=("prepare",),
           inputs=lambda cfg, dirs: [dirs["prepare"], _bank_profile(cfg.bank_dir())],
           code=("profile_infer",), if_absent=_no_change,
           params=lambda cfg, dirs: {"section": cfg.profile.model_dump(mode="json"),
                                     "base_profile": str(_bank_profile(cfg.bank_dir())),
                                     "data_dir": str(dirs["prepare"])}),
-    Stage("quantize", quantize_task, section=lambda cfg: _userip_only(cfg).learned(),
+    Stage("quantize", _on(quantize_task), section=lambda cfg: _userip_only(cfg).learned(),
           reads=("infer",), code=("quantize",),
           params=lambda cfg, dirs: {"section": _userip_only(cfg).model_dump(mode="json"),
                                     "profile_dir": str(dirs["infer"])}),

@@ -27,10 +27,12 @@ from userip.fingerprint import hash_json
 
 
 def _content_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """The task's name and parameters; ``out_dir`` among them already names the content.
-    Prefect stores the cache record under this key as a file name, hence the hash; a
-    record there that userip did not write is moved aside first."""
-    key = hash_json({"task": context.task.name, **parameters,
+    """The task's name and parameters; ``out_dir`` among them already names the content
+    (``done`` and ``refresh`` say whether to compute it, not what it is). Prefect stores
+    the cache record under this key as a file name, hence the hash; a record there that
+    userip did not write is moved aside first."""
+    content = {k: v for k, v in parameters.items() if k not in ("done", "refresh")}
+    key = hash_json({"task": context.task.name, **content,
                      "out_dir": str(Path(parameters["out_dir"]).resolve())})
     refuse_foreign_record(key)
     return key
@@ -94,10 +96,19 @@ def stage_task(name: str, **options: Any) -> Callable[[Callable[..., object]], A
         run.__name__, run.__qualname__, run.__doc__ = body.__name__, body.__qualname__, body.__doc__
         run.__module__ = body.__module__
         # task_run_name: runs are named by stage alone (Prefect would add a random suffix)
-        return task(name=name, cache_key_fn=_content_key, persist_result=True,
+        stage = task(name=name, cache_key_fn=_content_key, persist_result=True,
                     result_serializer=RESULT_SERIALIZER, task_run_name=name, **options)(run)
+        return stage
 
     return decorate
+
+
+def run_stage(stage_fn: Any, *, out_dir: str, done: str, refresh: bool = False, **params: Any) -> str:
+    """Call a ``stage_task`` from the flow: Prefect's cache record is bypassed when the
+    stage's done file is missing (a deleted or unfinished folder) or on ``refresh``."""
+    fresh = refresh or not Path(done).exists()
+    return stage_fn.with_options(refresh_cache=fresh)(out_dir=out_dir, done=done, refresh=refresh,
+                                                      **params)
 
 
 @stage_task("prepare", retries=1)
