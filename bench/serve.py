@@ -34,7 +34,7 @@ import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
 from downstream.features import load_interactions, load_users, open_codes  # noqa: E402
-from downstream.layers import Hyper  # noqa: E402
+from downstream.hyper import FitSettings  # noqa: E402
 from downstream.train import Scorer, fit, prepare  # noqa: E402
 from feature_bank import FeatureBank, publish  # noqa: E402
 from tests.standin_codes import write_standin  # noqa: E402
@@ -78,7 +78,7 @@ def main() -> int:
     user_ids = users["user_id"].to_list() if users is not None else inter["user_id"].unique().to_list()
     codes_dir = write_standin(user_ids, work / "quantize" / "userip", method="userip")
     publish(codes_dir, work / "bank")
-    settings = dict(hp=Hyper(), epochs=1, batch_size=1024, lr=1e-3, patience=1, threads=args.threads)
+    settings = dict(hp=FitSettings(epochs=1, batch_size=1024, lr=1e-3, patience=1), threads=args.threads)
     fit("dcn", prepare(data, None, False), work / "dcn", seed=0, variant="without", **settings)
     fit("dcn", prepare(data, open_codes(codes_dir), False), work / "dcn_codes", seed=0,
         variant="userip", **settings)

@@ -101,6 +101,16 @@ def codes_record(codes: CodeSource | None) -> dict[str, Any] | None:
 
 
 @dataclass
+class Split:
+    """One split encoded for a feature map: ids, features and labels per row."""
+
+    user_ids: np.ndarray
+    x_cat: np.ndarray
+    x_dense: np.ndarray
+    y: np.ndarray
+
+
+@dataclass
 class FeatureMap:
     """Vocabularies of every field; index ``len(vocab)`` is OOV."""
 
@@ -182,7 +192,6 @@ class FeatureMap:
         return cls(**raw)
 
 
-
 class Encoder:
     """A feature map bound to one users table and one code source, ready to encode requests.
 
@@ -222,7 +231,10 @@ class Encoder:
 
     def encode(self, user_ids: np.ndarray, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(x_cat int64 (n, F), x_dense float32 (n, D)); unseen values map to OOV."""
-        rows, items = self.positions(user_ids, item_ids)
+        return self.take(*self.positions(user_ids, item_ids))
+
+    def take(self, rows: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(x_cat, x_dense) of request positions (``positions``)."""
         x_cat = self._table[rows]
         x_cat[:, ITEM_FIELD] = items
         return x_cat, self._dense[rows]

@@ -5,6 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from downstream.layout import ReportMetrics, RunLayout, VariantSummary
+from downstream.table import Column, Table
+
+_ROWS = tuple[str, str, VariantSummary]  # model, variant, its paper-protocol summary
+METRICS = Table[_ROWS]((
+    Column("model", lambda r: r[0]),
+    Column("variant", lambda r: r[1]),
+    Column("AUC", lambda r: f"{r[2].auc:.4f} ± {r[2].auc_std:.4f}"),
+    Column("Logloss", lambda r: f"{r[2].logloss:.4f} ± {r[2].logloss_std:.4f}"),
+    Column("UAUC", lambda r: f"{r[2].uauc:.4f}"),
+    Column("R.I. AUC", lambda r: "" if r[2].ri_auc is None else f"{r[2].ri_auc:+.2%}"),
+    Column("p", lambda r: "" if r[2].p_value is None else f"{r[2].p_value:.3f}"),
+))
+_ARTIFACT_KEYS = {"auc", "auc_std", "logloss", "logloss_std", "uauc", "n_seeds", "p_value", "ri_auc"}
+
 
 def summary_table(outputs: dict[str, str]) -> str:
     """Key figures of each stage that ran, read from the files the stages published."""
@@ -17,27 +32,16 @@ def summary_table(outputs: dict[str, str]) -> str:
         )
     if "bank" in outputs:
         lines.append(f"bank     {outputs['bank']}")
-    report = Path(outputs.get("report", "")) / "metrics.json"
-    if report.is_file():
-        lines.append("")
-        lines.append(f"{'model':<10}{'variant':<15}{'AUC':>17}{'Logloss':>17}{'UAUC':>8}{'R.I.AUC':>9}{'p':>7}")
-        for r in metric_rows(json.loads(report.read_text())):
-            lines.append(
-                f"{r['model']:<10}{r['variant']:<15}{r['auc']:>9.4f}±{r['auc_std']:.4f}"
-                f"{r['logloss']:>9.4f}±{r['logloss_std']:.4f}{r['uauc']:>8.4f}"
-                f"{_num(r['ri_auc'], '{:+.2%}'):>9}{_num(r['p_value'], '{:.3f}'):>7}"
-            )
-        lines.append(f"report   {Path(outputs['report']) / 'report.md'}")
+    if "report" in outputs and ReportMetrics.exists(Path(outputs["report"])):
+        lines += ["", *METRICS.render(_rows(ReportMetrics.read(Path(outputs["report"]))))]
+        lines.append(f"report   {RunLayout(Path(outputs['report'])).report}")
     return "\n".join(lines)
 
 
-def metric_rows(metrics: dict) -> list[dict]:
-    """One row per (model, variant) from a report's metrics.json, for tables and artifacts."""
-    keys = ("auc", "auc_std", "logloss", "logloss_std", "uauc", "n_seeds", "p_value", "ri_auc")
-    return [{"model": model, "variant": variant, **{k: summary.get(k) for k in keys}}
-            for model, variants in sorted(metrics["models"].items())
-            for variant, summary in sorted(variants.items())]
+def metric_rows(report: ReportMetrics) -> list[dict]:
+    """One row per (model, variant) of the paper protocol, for the Prefect table artifact."""
+    return [{"model": m, "variant": v, **s.model_dump(include=_ARTIFACT_KEYS)} for m, v, s in _rows(report)]
 
 
-def _num(value: float | None, fmt: str) -> str:
-    return "" if value is None else fmt.format(value)
+def _rows(report: ReportMetrics) -> list[_ROWS]:
+    return [(m, v, s) for m, variants in sorted(report.models.items()) for v, s in sorted(variants.items())]
