@@ -26,6 +26,7 @@ from tests.standin_codes import write_standin
 from downstream.train import Scorer, fit, prepare
 from feature_bank import FeatureBank, IncompatibleBankError, publish
 from userip.cli import main as cli_main
+from userip.summary import summary_table
 from userip.errors import ConfigError, InputError
 
 FIT = FitSettings(epochs=1, batch_size=256, lr=1e-3, patience=1)
@@ -218,6 +219,13 @@ def test_cli_train_evaluate_report(ml100k_small_dir: Path, codes_dir: Path, tmp_
     assert metrics.figures == ["fig6_auc_vs_codebook_size.png", "fig7_logloss_vs_codebook_size.png"]
     assert all(RunLayout(run).figure(f).stat().st_size > 0 for f in metrics.figures)
     assert set(metrics.probe["userip"]) == {"occupation", "gender", "age_band"}
+    # the end-of-run summary renders the same summaries through the report's table renderer
+    summary = summary_table({"report": str(run)}).splitlines()
+    assert summary[1:3] == ["| model | variant | AUC | Logloss | UAUC | R.I. AUC | p |", "|" + "---|" * 7]
+    without = dcn["without"]
+    assert any(line.startswith(f"| dcn | without | {without.auc:.4f} ± {without.auc_std:.4f} |")
+               for line in summary)
+    assert summary[-1] == f"report   {RunLayout(run).report}"
     # scoring a codes model against an incompatible bank is refused by evaluate
     bank = tmp_path / "bank"
     publish(q / "sweep" / "hobby_K8", bank)

@@ -15,8 +15,8 @@ METRICS = Table[_ROWS]((
     Column("AUC", lambda r: f"{r[2].auc:.4f} ± {r[2].auc_std:.4f}"),
     Column("Logloss", lambda r: f"{r[2].logloss:.4f} ± {r[2].logloss_std:.4f}"),
     Column("UAUC", lambda r: f"{r[2].uauc:.4f}"),
-    Column("R.I. AUC", lambda r: "" if r[2].ri_auc is None else f"{r[2].ri_auc:+.2%}"),
-    Column("p", lambda r: "" if r[2].p_value is None else f"{r[2].p_value:.3f}"),
+    Column("R.I. AUC", lambda r: "—" if r[2].ri_auc is None else f"{r[2].ri_auc:+.2%}"),
+    Column("p", lambda r: "—" if r[2].p_value is None else f"{r[2].p_value:.3f}"),
 ))
 _ARTIFACT_KEYS = {"auc", "auc_std", "logloss", "logloss_std", "uauc", "n_seeds", "p_value", "ri_auc"}
 
