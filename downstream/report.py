@@ -263,6 +263,19 @@ PROBE = Table[tuple[str, str, ProbeResult]]((
 ))
 
 
+# The end-of-run table of ``userip run`` (``userip.summary``): every (model, variant) of
+# the paper protocol, rows from ``summary_rows``.
+SUMMARY = Table[tuple[str, str, VariantSummary]]((
+    Column("model", lambda r: r[0]),
+    Column("variant", lambda r: r[1]),
+    Column("AUC", lambda r: _fmt(r[2], "auc")),
+    Column("Logloss", lambda r: _fmt(r[2], "logloss")),
+    Column("UAUC", lambda r: f"{r[2].uauc:.4f}"),
+    Column("R.I. AUC", lambda r: _pct(r[2].ri_auc)),
+    Column("p (AUC)", lambda r: _p(r[2].p_value)),
+))
+
+
 def activity_table(counts: dict[str, ActivitySummary]) -> Table[tuple[str, str, VariantSummary]]:
     """Model, variant, then one column per activity bucket, headed by its users and rows."""
     def bucket(b: str) -> Column[tuple[str, str, VariantSummary]]:
@@ -305,6 +318,10 @@ def activity_rows(agg: Summaries) -> list[tuple[str, str, VariantSummary]]:
 
 def leak_rows(agg: Summaries, leak: dict[str, Leakage]) -> list[LeakRow]:
     return [LeakRow(m, agg[m].get(WITHOUT), agg[m][STAT_HALF], agg[m][STAT_FULL], r) for m, r in leak.items()]
+
+
+def summary_rows(report: ReportMetrics) -> list[tuple[str, str, VariantSummary]]:
+    return [(m, v, s) for m, variants in sorted(report.models.items()) for v, s in sorted(variants.items())]
 
 
 # ---- sections -------------------------------------------------------------------------

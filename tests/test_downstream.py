@@ -221,7 +221,7 @@ def test_cli_train_evaluate_report(ml100k_small_dir: Path, codes_dir: Path, tmp_
     assert set(metrics.probe["userip"]) == {"occupation", "gender", "age_band"}
     # the end-of-run summary renders the same summaries through the report's table renderer
     summary = summary_table({"report": str(run)}).splitlines()
-    assert summary[1:3] == ["| model | variant | AUC | Logloss | UAUC | R.I. AUC | p |", "|" + "---|" * 7]
+    assert summary[1:3] == ["| model | variant | AUC | Logloss | UAUC | R.I. AUC | p (AUC) |", "|" + "---|" * 7]
     without = dcn["without"]
     assert any(line.startswith(f"| dcn | without | {without.auc:.4f} ± {without.auc_std:.4f} |")
                for line in summary)
