@@ -10,7 +10,6 @@ from torch import nn
 
 from downstream.features import FeatureMap
 
-
 # FuxiCTR's defaults (FeatureEmbeddingDict: normal std 1e-4; BaseModel.reset_parameters:
 # xavier_normal_ weights and zero biases for every nn.Linear). Against PyTorch's default
 # Linear init and embeddings at std 1e-2, issue #10 measured our DCN at 0.7769 vs 0.7737 on ML-100K.

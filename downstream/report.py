@@ -27,9 +27,23 @@ import polars as pl
 
 from dataprep.readers.movielens_facts import age_bands
 from downstream.features import load_users, open_codes
-from downstream.layout import (NEW_USERS, PAPER, WITHOUT, ActivitySummary, EpochRange, FitRecord, HeldOut,
-                               JobMetrics, Leakage, NewUsersReport, ProbeResult, ReportMetrics, RunLayout,
-                               Summaries, VariantSummary)
+from downstream.layout import (
+    NEW_USERS,
+    PAPER,
+    WITHOUT,
+    ActivitySummary,
+    EpochRange,
+    FitRecord,
+    HeldOut,
+    JobMetrics,
+    Leakage,
+    NewUsersReport,
+    ProbeResult,
+    ReportMetrics,
+    RunLayout,
+    Summaries,
+    VariantSummary,
+)
 from downstream.metrics import ACTIVITY_BUCKETS, paired_p_value, ri_auc, ri_logloss
 from downstream.profile_evidence import profile_evidence
 from downstream.suite import STAT_PREFIX, SWEEP_PREFIX, read_held_out, source_of

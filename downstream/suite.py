@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from downstream.features import CodeSource, load_interactions, load_users, open_codes
-from downstream.layout import NEW_USERS, PAPER, WITHOUT, FitRecord, HeldOut, Job, JobMetrics, RunLayout
+from downstream.layout import NEW_USERS, WITHOUT, FitRecord, HeldOut, Job, JobMetrics, RunLayout
 from downstream.metrics import activity_bucket, auc_by_activity, ctr_metrics
 from downstream.models import MODELS
 from downstream.stat_codes import HISTORIES, write_stat_codes

@@ -6,7 +6,6 @@ these tests check plumbing and contracts, not that codes help.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -18,16 +17,16 @@ from sklearn.metrics import roc_auc_score
 
 from downstream.features import load_users, open_codes
 from downstream.hyper import FitSettings, Hyper
-from downstream.layout import FitRecord, JobMetrics, ReportMetrics, RunLayout, Job
+from downstream.layout import FitRecord, Job, JobMetrics, ReportMetrics, RunLayout
 from downstream.metrics import ctr_metrics
 from downstream.models import MODELS, NETWORKS
 from downstream.models.torch_model import FoldedScore
-from tests.standin_codes import write_standin
 from downstream.train import Scorer, fit, prepare
 from feature_bank import FeatureBank, IncompatibleBankError, publish
+from tests.standin_codes import write_standin
 from userip.cli import main as cli_main
-from userip.summary import summary_table
 from userip.errors import ConfigError, InputError
+from userip.summary import summary_table
 
 FIT = FitSettings(epochs=1, batch_size=256, lr=1e-3, patience=1)
 
