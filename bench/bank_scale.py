@@ -50,19 +50,20 @@ def one_size(n: int, work: Path) -> dict:
     import polars as pl
 
     from feature_bank import FeatureBank, publish
+    from quantize.layout import CODES, ProfileSize, QuantizeMeta
 
     rng = np.random.default_rng(0)
     codes = work / "codes"
     codes.mkdir()
     hobby, background = rng.integers(0, 16, n, dtype=np.int32), rng.integers(0, 8, n, dtype=np.int32)
     pl.DataFrame({"user_id": pl.int_range(n, eager=True).cast(pl.String).str.replace(r"^", "u"),
-                  "hobby": hobby, "background": background}).write_parquet(codes / "codes.parquet")
+                  "hobby": hobby, "background": background}).write_parquet(codes / CODES)
     picks = rng.integers(0, n + n // 9, 10_000)  # ids u<n> and above are unknown: codes K
     known, at = picks < n, np.minimum(picks, n - 1)
     want = np.column_stack([np.where(known, hobby[at], 16), np.where(known, background[at], 8)])
     del hobby, background
-    (codes / "meta.json").write_text(json.dumps({"method": "kmeans", "kind": "codes", "profiles": [
-        {"name": "hobby", "K": 16}, {"name": "background", "K": 8}]}))
+    QuantizeMeta(method="kmeans", kind="codes", profiles=[
+        ProfileSize(name="hobby", K=16), ProfileSize(name="background", K=8)]).write(codes)
     input_peak = _peak_mb_then_reset()
     t = time.perf_counter()
     publish(codes, work / "bank", keep=1)

@@ -32,10 +32,10 @@ import polars as pl
 import torch
 
 from downstream.features import load_interactions, load_users, open_codes
-from downstream.layers import Hyper
 from downstream.train import Scorer, fit, prepare
 from feature_bank import FeatureBank, publish
 from quantize.standin import write_standin
+from userip.hyper import FitSettings
 
 
 def _interleaved_ms(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
@@ -76,7 +76,7 @@ def main() -> int:
     user_ids = users["user_id"].to_list() if users is not None else inter["user_id"].unique().to_list()
     codes_dir = write_standin(user_ids, work / "quantize" / "userip", method="userip")
     publish(codes_dir, work / "bank")
-    settings = dict(hp=Hyper(), epochs=1, batch_size=1024, lr=1e-3, patience=1, threads=args.threads)
+    settings = dict(hp=FitSettings(epochs=1, batch_size=1024, lr=1e-3, patience=1), threads=args.threads)
     fit("dcn", prepare(data, None, False), work / "dcn", seed=0, variant="without", **settings)
     fit("dcn", prepare(data, open_codes(codes_dir), False), work / "dcn_codes", seed=0,
         variant="userip", **settings)

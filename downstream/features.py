@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
+from dataprep.layout import INTERACTIONS, USERS
 from feature_bank import FeatureBank
 from feature_bank.bank import read_parquet
 from quantize.layout import QuantizeMeta
@@ -35,7 +36,7 @@ _NUMERIC_BINS = 5
 
 def load_interactions(data_dir: Path) -> pl.DataFrame:
     """Interactions with checked labels (0/1 only) and splits."""
-    path = Path(data_dir) / "interactions.parquet"
+    path = Path(data_dir) / INTERACTIONS
     df = read_parquet(path, ["user_id", "item_id", "label", "split"]).select(
         pl.col("user_id").cast(pl.String), pl.col("item_id").cast(pl.String),
         pl.col("label"), pl.col("split"))
@@ -51,7 +52,7 @@ def load_interactions(data_dir: Path) -> pl.DataFrame:
 
 
 def load_users(data_dir: Path) -> pl.DataFrame | None:
-    path = Path(data_dir) / "users.parquet"
+    path = Path(data_dir) / USERS
     return read_parquet(path, ["user_id"]).with_columns(pl.col("user_id").cast(pl.String)) \
         if path.is_file() else None
 
@@ -99,6 +100,16 @@ def codes_record(codes: CodeSource | None) -> dict[str, Any] | None:
     m = codes.manifest
     return {"kind": "codes", "method": m.method, "source": codes.source, "version": m.version,
             "compat": m.compat(), "compat_hash": m.compat_hash}
+
+
+@dataclass
+class Split:
+    """One split encoded for a feature map: ids, features and labels per row."""
+
+    user_ids: np.ndarray
+    x_cat: np.ndarray
+    x_dense: np.ndarray
+    y: np.ndarray
 
 
 @dataclass
@@ -183,7 +194,6 @@ class FeatureMap:
         return cls(**raw)
 
 
-
 class Encoder:
     """A feature map bound to one users table and one code source, ready to encode requests.
 
@@ -223,7 +233,10 @@ class Encoder:
 
     def encode(self, user_ids: np.ndarray, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(x_cat int64 (n, F), x_dense float32 (n, D)); unseen values map to OOV."""
-        rows, items = self.positions(user_ids, item_ids)
+        return self.take(*self.positions(user_ids, item_ids))
+
+    def take(self, rows: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(x_cat, x_dense) of request positions (``positions``)."""
         x_cat = self._table[rows]
         x_cat[:, ITEM_FIELD] = items
         return x_cat, self._dense[rows]

@@ -4,24 +4,11 @@ initialisation every torch model gets before training (``init_weights``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
 from downstream.features import FeatureMap
-
-
-@dataclass(frozen=True)
-class Hyper:
-    """Hyper-parameters every torch model reads (paper DCN settings by default)."""
-
-    embedding_dim: int = 8
-    mlp: tuple[int, ...] = (16, 16)
-    dropout: float = 0.2
-    cross_layers: int = 3
-
 
 # FuxiCTR's defaults (FeatureEmbeddingDict: normal std 1e-4; BaseModel.reset_parameters:
 # xavier_normal_ weights and zero biases for every nn.Linear). Against PyTorch's default

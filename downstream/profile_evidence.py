@@ -8,15 +8,31 @@ recorded metas; nothing is recomputed here.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from downstream.table import Column, Table
+from profile_infer.layout import ProfileMeta
 
-def _gap_row(label: str, g: dict[str, Any]) -> str:
-    lo, hi = g["ci95"]
-    return (f"| {label} | {g['own']:.4f} | {g['other']:.4f} | {g['gap']:+.4f} | "
-            f"[{lo:+.4f}, {hi:+.4f}] | {g['p_value']:.2g} |")
+# (label, the profile stage's gap figures: own, other, gap, ci95, p_value)
+LM_GAP = Table[tuple[str, dict[str, Any]]]((
+    Column("profile", lambda r: r[0]),
+    Column("own", lambda r: f"{r[1]['own']:.4f}"),
+    Column("other", lambda r: f"{r[1]['other']:.4f}"),
+    Column("gap", lambda r: f"{r[1]['gap']:+.4f}"),
+    Column("95% CI", lambda r: "[{:+.4f}, {:+.4f}]".format(*r[1]["ci95"])),
+    Column("p", lambda r: f"{r[1]['p_value']:.2g}"),
+))
+# (variant, profile, attribute, the quantize stage's NMI test: nmi, null_p99, p_value, users)
+CODE_NMI = Table[tuple[str, str, str, dict[str, Any]]]((
+    Column("variant", lambda r: r[0]),
+    Column("profile", lambda r: r[1]),
+    Column("attribute", lambda r: r[2]),
+    Column("NMI", lambda r: f"{r[3]['nmi']:.4f}"),
+    Column("null p99", lambda r: f"{r[3]['null_p99']:.4f}"),
+    Column("p", lambda r: f"{r[3]['p_value']:.3g}"),
+    Column("users", lambda r: str(r[3]["users"])),
+))
 
 
 def profile_evidence(metas: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
@@ -24,17 +40,15 @@ def profile_evidence(metas: dict[str, dict[str, Any]]) -> tuple[list[str], dict[
     md = ["## Does the profile carry the user?", ""]
     found: dict[str, Any] = {}
     source = next((m["source_profile"] for m in metas.values() if m.get("source_profile")), None)
-    meta_path = Path(source) / "meta.json" if source else None
-    if meta_path is not None and meta_path.is_file():
-        lm = json.loads(meta_path.read_text()).get("evidence", {})
+    if source is not None and ProfileMeta.path(Path(source)).is_file():
+        lm = ProfileMeta.read(Path(source)).evidence or {}
         found["lm"] = lm
         if "theta" in lm:
             md += [f"Validation LM loss (mean target NLL of the valid-split items, {lm['n_users']} "
                    "users) with each user's own profile against another user's (a seeded "
                    "derangement); gap = other − own per user, 95% t-interval, paired t-test. "
                    f"Every user at the mean θ: {lm['mean_theta']:.4f}.", "",
-                   "| profile | own | other | gap | 95% CI | p |", "|---|---|---|---|---|---|",
-                   _gap_row("θ", lm["theta"]), _gap_row("code vectors", lm["code"]), ""]
+                   *LM_GAP.render([("θ", lm["theta"]), ("code vectors", lm["code"])]), ""]
         elif lm:
             md += [f"No LM-loss evidence: {lm.get('note', 'not measured')}.", ""]
     rows = []
@@ -42,9 +56,7 @@ def profile_evidence(metas: dict[str, dict[str, Any]]) -> tuple[list[str], dict[
         for profile, facts in (meta.get("evidence") or {}).items():
             if not isinstance(facts, dict):
                 continue
-            for fact, t in facts.items():
-                rows.append(f"| {variant} | {profile} | {fact} | {t['nmi']:.4f} | "
-                            f"{t['null_p99']:.4f} | {t['p_value']:.3g} | {t['users']} |")
+            rows += [(variant, profile, fact, t) for fact, t in facts.items()]
         if meta.get("evidence"):
             found.setdefault("codes", {})[variant] = meta["evidence"]
         if meta.get("ari_vs_userip"):
@@ -53,8 +65,7 @@ def profile_evidence(metas: dict[str, dict[str, Any]]) -> tuple[list[str], dict[
         md += ["Normalized mutual information of each variant's codes with the user's train "
                "like-rate (quartiles) and taste (highest-lift category), against a permutation "
                "null (99th percentile; permutation p-value).", "",
-               "| variant | profile | attribute | NMI | null p99 | p | users |",
-               "|---|---|---|---|---|---|---|", *rows, ""]
+               *CODE_NMI.render(rows), ""]
     for variant, ari in found.get("ari_vs_userip", {}).items():
         md.append(f"Adjusted Rand index of `{variant}` codes against UserIP's: "
                   + ", ".join(f"{p} {v:.3f}" for p, v in ari.items()) + ".")

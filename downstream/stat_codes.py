@@ -16,7 +16,6 @@ labels rather than information about the user.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -26,9 +25,11 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from dataprep.layout import INTERACTIONS, ITEMS
 from dataprep.readers.base import CATEGORY_SEP
 from downstream.features import load_interactions
-from feature_bank.bank import CODES_FILE, read_parquet
+from feature_bank.bank import read_parquet
+from quantize.layout import CODES, ProfileSize, QuantizeMeta
 from userip.errors import InputError
 from userip.fingerprint import hash_paths
 
@@ -38,19 +39,19 @@ LIKE_RATE_BINS = 4
 NO_CATEGORY = "(none)"  # users none of whose train items has a category
 
 
-def stat_codes(data_dir: Path, history: History) -> tuple[pl.DataFrame, dict]:
-    """(codes frame ``user_id, like_rate, taste``, meta.json dict) for every user with train rows."""
+def stat_codes(data_dir: Path, history: History) -> tuple[pl.DataFrame, QuantizeMeta]:
+    """(codes frame ``user_id, like_rate, taste``, its meta) for every user with train rows."""
     data_dir = Path(data_dir)
     inter = load_interactions(data_dir)
-    ts = read_parquet(data_dir / "interactions.parquet", ["ts"])["ts"]
+    ts = read_parquet(data_dir / INTERACTIONS, ["ts"])["ts"]
     train = (inter.with_columns(ts=ts).with_row_index("row").filter(pl.col("split") == "train")
              .sort(["user_id", "ts", "row"]))
     if train.height == 0:
-        raise InputError("no train rows to build stat codes from", path=str(data_dir / "interactions.parquet"))
+        raise InputError("no train rows to build stat codes from", path=str(data_dir / INTERACTIONS))
     if history == "half":
         rank = pl.int_range(pl.len()).over("user_id")
         train = train.filter(rank < (pl.len().over("user_id") + 1) // 2)
-    items = read_parquet(data_dir / "items.parquet", ["item_id", "categories"]).select(
+    items = read_parquet(data_dir / ITEMS, ["item_id", "categories"]).select(
         pl.col("item_id").cast(pl.String), pl.col("categories").cast(pl.String))
     cats = (train.join(items, on="item_id", how="left")
             .with_columns(pl.col("categories").fill_null("").str.split(CATEGORY_SEP))
@@ -68,11 +69,12 @@ def stat_codes(data_dir: Path, history: History) -> tuple[pl.DataFrame, dict]:
         "user_id",
         like_rate=pl.Series(np.searchsorted(edges, rate, side="right"), dtype=pl.Int32),
         taste=pl.col("taste").replace_strict(vocab, list(range(len(vocab))), return_dtype=pl.Int32))
-    meta = {"method": "stat", "kind": "codes", "history": history,
-            "note": f"label-derived baseline: like-rate quartile + top category of each user's "
-                    f"{'full' if history == 'full' else 'first-half (by time)'} train history",
-            "profiles": [{"name": "like_rate", "K": LIKE_RATE_BINS}, {"name": "taste", "K": len(vocab)}],
-            "taste_values": vocab, "like_rate_edges": [float(e) for e in edges]}
+    meta = QuantizeMeta(
+        method="stat", kind="codes", history=history,
+        note=f"label-derived baseline: like-rate quartile + top category of each user's "
+             f"{'full' if history == 'full' else 'first-half (by time)'} train history",
+        profiles=[ProfileSize(name="like_rate", K=LIKE_RATE_BINS), ProfileSize(name="taste", K=len(vocab))],
+        taste_values=vocab, like_rate_edges=[float(e) for e in edges])
     return codes, meta
 
 
@@ -83,16 +85,16 @@ def write_stat_codes(data_dir: Path, out_dir: Path, history: History) -> Path:
     task of a run calls this, side by side on Dask or Ray, and a model trained on them
     records their meta.json's hash."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    fingerprint = hash_paths([data_dir / "interactions.parquet", data_dir / "items.parquet"])
+    fingerprint = hash_paths([data_dir / INTERACTIONS, data_dir / ITEMS])
     if _current(out_dir, fingerprint, history):
         return out_dir
     codes, meta = stat_codes(data_dir, history)
-    meta["data_fingerprint"] = fingerprint
+    meta = meta.model_copy(update={"data_fingerprint": fingerprint})
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
-    codes.write_parquet(tmp / CODES_FILE)
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    codes.write_parquet(meta.data_file(tmp))
+    meta.write(tmp)
     if out_dir.exists():  # built from other data files
         shutil.rmtree(out_dir)
     try:
@@ -105,8 +107,7 @@ def write_stat_codes(data_dir: Path, out_dir: Path, history: History) -> Path:
 
 
 def _current(out_dir: Path, fingerprint: str, history: History) -> bool:
-    path = out_dir / "meta.json"
-    if not ((out_dir / CODES_FILE).is_file() and path.is_file()):
+    if not ((out_dir / CODES).is_file() and QuantizeMeta.path(out_dir).is_file()):
         return False
-    meta = json.loads(path.read_text())
-    return (meta.get("data_fingerprint"), meta.get("history")) == (fingerprint, history)
+    meta = QuantizeMeta.read(out_dir)
+    return (meta.data_fingerprint, meta.history) == (fingerprint, history)

@@ -19,12 +19,9 @@ reused, so an interrupted run resumes.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -32,50 +29,32 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from dataprep.layout import INTERACTIONS
 from downstream.features import CodeSource, load_interactions, load_users, open_codes
-from downstream.layers import Hyper
+from downstream.layout import NEW_USERS, WITHOUT, FitRecord, HeldOut, Job, JobMetrics, RunLayout
 from downstream.metrics import activity_bucket, auc_by_activity, ctr_metrics
 from downstream.models import MODELS
 from downstream.stat_codes import HISTORIES, write_stat_codes
-from downstream.train import MODEL_JSON, Prepared, Scorer, fit, prepare, users_fingerprint
+from downstream.train import Prepared, Scorer, fit, prepare, users_fingerprint
 from feature_bank import FeatureBank
 from feature_bank.bank import MANIFEST_FILE
-from quantize.layout import QuantizeMeta
+from quantize.layout import SWEEP, QuantizeMeta
 from userip.config import DownstreamConfig
 from userip.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
-WITHOUT = "without"
-VARIANT_JSON = "variant.json"  # the variant's quantizer meta (method, K, note)
 SWEEP_PREFIX = "sweep-"
 STAT_PREFIX = "stat-"  # stat codes variants: stat-full, stat-half (downstream.stat_codes)
 # The first-half stat codes are the warm users' leakage control; the new-users protocol
 # trains on none of the held-out users' labels, so it has nothing to control for there.
 STAT_HALF = f"{STAT_PREFIX}half"
-PAPER, NEW_USERS = "paper", "new-users"
-HELD_OUT_JSON = "held_out.json"  # <run>/downstream/new-users/: the held-out users and coverage
-
-
-@dataclass(frozen=True)
-class Job:
-    variant: str
-    model: str
-    seed: int
-    protocol: str = PAPER
-
-
-def model_dir(run_dir: Path, job: Job) -> Path:
-    base = Path(run_dir) / "downstream"
-    if job.protocol == NEW_USERS:
-        base = base / NEW_USERS
-    return base / job.variant / job.model / f"seed={job.seed}"
 
 
 def hold_out_users(data_dir: Path, share: float, seed: int) -> np.ndarray:
     """The new-users protocol's users: ``round(share * users)`` of all users with
     interactions, drawn with ``seed``, sorted. Refuses a draw whose test rows cannot be
     scored (no user, or one label only) or that leaves no user to train on."""
-    path = Path(data_dir) / "interactions.parquet"
+    path = Path(data_dir) / INTERACTIONS
     inter = load_interactions(Path(data_dir))
     users = np.sort(inter["user_id"].unique().to_numpy())
     n = int(round(share * len(users)))
@@ -103,11 +82,13 @@ def coverage(source: CodeSource, users: np.ndarray) -> float:
 def discover_codes(path: Path) -> dict[str, Path]:
     """A quantizer method dir (has meta.json) or a quantize dir of such dirs -> {variant: dir}."""
     path = Path(path)
-    if (path / "meta.json").is_file():
+    if QuantizeMeta.path(path).is_file():
         return {path.name: path}
-    found = {p.name: p for p in sorted(path.iterdir()) if (p / "meta.json").is_file()} if path.is_dir() else {}
+    found = ({p.name: p for p in sorted(path.iterdir()) if QuantizeMeta.path(p).is_file()}
+             if path.is_dir() else {})
     # the quantize stage's codebook-size sweep: <quantize>/sweep/<profile>_K<k>/
-    found |= {f"{SWEEP_PREFIX}{m.parent.name}": m.parent for m in sorted(path.glob("sweep/*/meta.json"))}
+    found |= {f"{SWEEP_PREFIX}{m.parent.name}": m.parent
+              for m in sorted(path.glob(f"{SWEEP}/*/{QuantizeMeta.FILE}"))}
     if not found:
         raise InputError("no quantizer output (meta.json) here or in its sub-dirs", path=str(path))
     reserved = sorted(v for v in found if v in (WITHOUT, NEW_USERS) or v.startswith(STAT_PREFIX))
@@ -144,22 +125,6 @@ def plan(section: DownstreamConfig, variants: list[str], new_user_variants: list
     return jobs
 
 
-# Fields that change what a single fit learns; the others only choose which fits run or how.
-_FIT_FIELDS = ("epochs", "patience", "batch_size", "lr", "embedding_dim", "mlp", "dropout",
-               "cross_layers", "use_observed_features")
-
-
-def fit_fingerprint(section: DownstreamConfig) -> str:
-    blob = json.dumps(section.model_dump(mode="json", include=set(_FIT_FIELDS)), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _settings(section: DownstreamConfig) -> dict[str, Any]:
-    return dict(hp=Hyper(section.embedding_dim, tuple(section.mlp), section.dropout, section.cross_layers),
-                epochs=section.epochs, batch_size=section.batch_size, lr=section.lr,
-                patience=section.patience, threads=section.threads)
-
-
 @lru_cache(maxsize=4)
 def _prepared(data_dir: str, source: str | None, is_bank: bool, use_observed: bool,
               held_out: tuple[str, ...] | None) -> Prepared:
@@ -168,29 +133,39 @@ def _prepared(data_dir: str, source: str | None, is_bank: bool, use_observed: bo
 
 
 def _fit_job(job: Job, data_dir: str, source: str | None, is_bank: bool, section: DownstreamConfig,
-             run_dir: str, held_out: tuple[str, ...] | None) -> dict[str, Any]:
+             run_dir: str, held_out: tuple[str, ...] | None) -> FitRecord:
     held = held_out if job.protocol == NEW_USERS else None
     data = _prepared(data_dir, source, is_bank, section.use_observed_features, held)
-    out = model_dir(Path(run_dir), job)
-    old = out / MODEL_JSON
-    if old.is_file():
-        rec = json.loads(old.read_text())
-        if (rec.get("data_fingerprint"), rec.get("held_out"), rec.get("codes"), rec.get("settings")) == \
-                (data.data_fingerprint, data.held_out, data.codes, fit_fingerprint(section)):
-            return rec
-    rec = fit(job.model, data, out, seed=job.seed, variant=job.variant, **_settings(section),
-              extra={"settings": fit_fingerprint(section), "protocol": job.protocol})
+    out = RunLayout(Path(run_dir)).model_dir(job)
+    if _reusable(out, data, section):
+        return FitRecord.read(out)
+    rec = fit(job.model, data, out, seed=job.seed, hp=section.fit_settings(), variant=job.variant,
+              protocol=job.protocol, threads=section.threads)
     log.info("trained %s %s/%s seed %d: val AUC %.4f at epoch %d of %d (%.1fs)", job.protocol,
-             job.variant, job.model, job.seed, rec["val_auc"], rec["best_epoch"], rec["epochs_run"],
-             rec["train_seconds"])
+             job.variant, job.model, job.seed, rec.val_auc, rec.best_epoch, rec.epochs_run,
+             rec.train_seconds)
     return rec
 
 
+def _reusable(out: Path, data: Prepared, section: DownstreamConfig) -> bool:
+    """A saved fit made from this data, held-out users, code source and fit settings; a
+    record this version cannot read is retrained."""
+    if not FitRecord.exists(out):
+        return False
+    try:
+        rec = FitRecord.read(out)
+    except InputError:
+        return False
+    return (rec.data_fingerprint, rec.held_out, rec.codes, rec.hyper) == \
+        (data.data_fingerprint, data.held_out, data.codes, section.fit_settings())
+
+
 def train_all(section: DownstreamConfig, data_dir: Path, run_dir: Path, *,
-              codes: Path | None = None, bank: Path | None = None) -> list[dict[str, Any]]:
+              codes: Path | None = None, bank: Path | None = None) -> list[FitRecord]:
     """Fit every planned job; returns their training records."""
     if codes is not None and bank is not None:
         raise ConfigError("give either codes or a bank, not both")
+    layout = RunLayout(Path(run_dir))
     sources: dict[str, tuple[str | None, bool]] = {WITHOUT: (None, False)}
     if codes is not None:
         sources |= {v: (str(p), False) for v, p in discover_codes(codes).items()}
@@ -199,7 +174,7 @@ def train_all(section: DownstreamConfig, data_dir: Path, run_dir: Path, *,
         sources[opened.manifest.method] = (str(bank), True)
     if section.stat_codes:
         for history in HISTORIES:
-            out = write_stat_codes(Path(data_dir), Path(run_dir) / "stat-codes" / history, history)
+            out = write_stat_codes(Path(data_dir), layout.stat_codes_dir(history), history)
             sources[f"{STAT_PREFIX}{history}"] = (str(out), False)
     variants = [v for v in sources if v != WITHOUT]
     _warn_uncovered(Path(data_dir), sources)
@@ -210,9 +185,7 @@ def train_all(section: DownstreamConfig, data_dir: Path, run_dir: Path, *,
     metas = {WITHOUT: {"method": WITHOUT, "kind": None, "profiles": []}, **variant_meta(codes, bank)}
     metas |= {v: _meta(Path(p)) for v, (p, _) in sources.items() if v.startswith(STAT_PREFIX)}
     for variant, meta in metas.items():
-        vdir = Path(run_dir) / "downstream" / variant
-        vdir.mkdir(parents=True, exist_ok=True)
-        (vdir / VARIANT_JSON).write_text(json.dumps(meta, indent=2))
+        layout.write_variant_meta(variant, meta)
     args = [(j, str(data_dir), *sources[j.variant], section, str(run_dir), held) for j in jobs]
     if section.workers == 1:
         return [_fit_job(*a) for a in args]
@@ -245,28 +218,18 @@ def _new_users(section: DownstreamConfig, data_dir: Path, run_dir: Path,
     skipped = sorted(v for v, c in cover.items() if c == 0)
     for v in skipped:
         log.warning("new-users protocol: %s has codes for none of the %d held-out users; skipped", v, len(held))
-    path = held_out_path(run_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(
-        {"share": section.new_user_share, "seed": section.new_user_seed, "fingerprint": users_fingerprint(held),
-         "coverage": cover, "skipped": skipped, "users": held.tolist()}, indent=2))
+    where = RunLayout(run_dir).held_out_dir
+    where.mkdir(parents=True, exist_ok=True)
+    HeldOut(share=section.new_user_share, seed=section.new_user_seed, fingerprint=users_fingerprint(held),
+            coverage=cover, skipped=skipped, users=held.tolist()).write(where)
     return tuple(held.tolist()), [v for v in cover if v not in skipped]
 
 
-def trained_dirs(run_dir: Path) -> list[Path]:
-    root = Path(run_dir) / "downstream"
-    dirs = sorted(p.parent for pattern in (f"*/*/seed=*/{MODEL_JSON}", f"{NEW_USERS}/*/*/seed=*/{MODEL_JSON}")
-                  for p in root.glob(pattern))
-    if not dirs:
-        raise InputError("no trained models under this run dir", path=str(Path(run_dir) / "downstream"))
-    return dirs
-
-
-def source_of(record: dict[str, Any], bank: Path | None) -> tuple[str, bool, str | None] | None:
+def source_of(record: FitRecord, bank: Path | None) -> tuple[str, bool, str | None] | None:
     """Where to find the code source to score a model with, as ``open_codes`` arguments
     (path, bank, version): ``bank`` (checked for compatibility) when given for a codes
     model, else the source recorded at training time."""
-    info = record.get("codes")
+    info = record.codes
     if info is None:
         return None
     if bank is not None and info["kind"] == "codes":
@@ -277,53 +240,49 @@ def source_of(record: dict[str, Any], bank: Path | None) -> tuple[str, bool, str
     return str(src), False, None
 
 
-def held_out_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "downstream" / NEW_USERS / HELD_OUT_JSON
+def read_held_out(run_dir: Path) -> HeldOut | None:
+    where = RunLayout(run_dir).held_out_dir
+    return HeldOut.read(where) if HeldOut.exists(where) else None
 
 
-def read_held_out(run_dir: Path) -> dict[str, Any] | None:
-    path = held_out_path(run_dir)
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def evaluate_all(run_dir: Path, data_dir: Path, *, bank: Path | None = None) -> list[dict[str, Any]]:
+def evaluate_all(run_dir: Path, data_dir: Path, *, bank: Path | None = None) -> list[JobMetrics]:
     """Score every trained model on the test split (a new-users model: on the held-out
     users' test rows); writes metrics.json beside each, with AUC by user activity."""
     inter = load_interactions(Path(data_dir))
     counts = inter.filter(pl.col("split") == "train").group_by("user_id").len()
     inter = inter.filter(pl.col("split") == "test")
     if inter.height == 0:
-        raise InputError("no test rows", path=str(Path(data_dir) / "interactions.parquet"))
+        raise InputError("no test rows", path=str(Path(data_dir) / INTERACTIONS))
     inter = inter.join(counts, on="user_id", how="left", maintain_order="left")
     users = load_users(Path(data_dir))
     uid, iid = inter["user_id"].to_numpy(), inter["item_id"].to_numpy()
     y = inter["label"].to_numpy().astype(np.int8)
     bucket = activity_bucket(inter["len"].fill_null(0).to_numpy())
     held = read_held_out(run_dir)
-    new_rows = np.isin(uid, held["users"]) if held else np.zeros(len(uid), bool)
+    new_rows = np.isin(uid, held.users) if held else np.zeros(len(uid), bool)
     out = []
     opened: dict[tuple[str, bool, str | None], CodeSource] = {}  # one bank/encoder per source
-    for d in trained_dirs(run_dir):
+    layout = RunLayout(run_dir)
+    for job, d in layout.trained():
         scorer = Scorer(d)
-        protocol = scorer.record.get("protocol", PAPER)
+        rec = scorer.record
         rows = slice(None)
-        if protocol == NEW_USERS:
-            if held is None or scorer.record.get("held_out") != held["fingerprint"]:
-                raise InputError(f"{held_out_path(run_dir)} does not name the users this model "
-                                 "was trained without; re-run `userip train`", path=str(d))
+        if job.protocol == NEW_USERS:
+            if held is None or rec.held_out != held.fingerprint:
+                raise InputError(f"{HeldOut.path(layout.held_out_dir)} does not name the users this "
+                                 "model was trained without; re-run `userip train`", path=str(d))
             rows = new_rows
         where = source_of(scorer.record, bank)
         if where is not None and where not in opened:
             path, is_bank, version = where
             opened[where] = open_codes(Path(path), bank=is_bank, version=version)
         probs = scorer.score(uid[rows], iid[rows], users, opened.get(where) if where else None)
-        m = {"model": scorer.name, "variant": scorer.record["variant"], "seed": scorer.record["seed"],
-             "protocol": protocol, "val_auc": scorer.record["val_auc"],
-             "best_epoch": scorer.record["best_epoch"], "epochs_run": scorer.record.get("epochs_run"),
-             "epoch_cap": scorer.record.get("epoch_cap"), "train_seconds": scorer.record["train_seconds"],
-             **ctr_metrics(uid[rows], y[rows], probs),
-             "by_activity": auc_by_activity(bucket[rows], uid[rows], y[rows], probs)}
-        (d / "metrics.json").write_text(json.dumps(m, indent=2))
+        m = JobMetrics(model=job.model, variant=job.variant, seed=job.seed, protocol=job.protocol,
+                       val_auc=rec.val_auc, best_epoch=rec.best_epoch, epochs_run=rec.epochs_run,
+                       epoch_cap=rec.epoch_cap, train_seconds=rec.train_seconds,
+                       **ctr_metrics(uid[rows], y[rows], probs),
+                       by_activity=auc_by_activity(bucket[rows], uid[rows], y[rows], probs))
+        m.write(d)
         out.append(m)
     return out
 

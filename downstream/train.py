@@ -8,51 +8,36 @@ version, manifest compat hash) and refuses to score against an incompatible one.
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import json
 import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
-from sklearn.metrics import roc_auc_score
 
+from dataprep.layout import INTERACTIONS
 from downstream.features import (
-    ITEM_FIELD,
     CodeSource,
     DenseProfiles,
     Encoder,
     FeatureMap,
+    Split,
     codes_record,
     load_interactions,
     load_users,
 )
-from downstream.layers import Hyper, init_weights
-from downstream.models import get_model, is_torch
+from downstream.layout import PAPER, FitRecord
+from downstream.models import build
+from downstream.models.base import CTRModel, ScoreFn
 from feature_bank import FeatureBank, IncompatibleBankError
 from userip.errors import ConfigError, InputError
 from userip.fingerprint import hash_file
-
-MODEL_JSON = "model.json"
-# Rows per forward pass when predicting. A pass has a fixed cost of ~0.3 ms in small ops:
-# 10,000 rows in one pass measured 1.0 ms for DCN vs 1.3 ms in two (8192 + 1808). The
-# memory-hungriest zoo models (ONN, FiBiNet) grow ~3.4 KB a row with 7 fields, ~55 MB a pass.
-_EVAL_BATCH = 16384
-
-
-@dataclass
-class Split:
-    user_ids: np.ndarray
-    x_cat: np.ndarray
-    x_dense: np.ndarray
-    y: np.ndarray
+from userip.hyper import FitSettings
 
 
 @dataclass
@@ -84,7 +69,7 @@ def prepare(data_dir: Path, codes: CodeSource | None, use_observed: bool,
     users = load_users(data_dir)
     train = inter.filter(pl.col("split") == "train")
     if train.height == 0 or train["label"].n_unique() < 2:
-        raise InputError("the train split needs both labels", path=str(data_dir / "interactions.parquet"))
+        raise InputError("the train split needs both labels", path=str(data_dir / INTERACTIONS))
     fmap = FeatureMap.build(train, users, codes, use_observed)
     encoder = fmap.encoder(users, codes)
     splits = {}
@@ -93,87 +78,40 @@ def prepare(data_dir: Path, codes: CodeSource | None, use_observed: bool,
         uid = part["user_id"].to_numpy()
         x_cat, x_dense = encoder.encode(uid, part["item_id"].to_numpy())
         splits[name] = Split(uid, x_cat, x_dense, part["label"].to_numpy().astype(np.float32))
-    return Prepared(fmap, splits, codes_record(codes), hash_file(data_dir / "interactions.parquet"),
+    return Prepared(fmap, splits, codes_record(codes), hash_file(data_dir / INTERACTIONS),
                     None if held_out is None else users_fingerprint(held_out))
 
 
-def fit(name: str, data: Prepared, out_dir: Path, *, seed: int, hp: Hyper, epochs: int,
-        batch_size: int, lr: float, patience: int, variant: str, threads: int = 1,
-        extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def fit(name: str, data: Prepared, out_dir: Path, *, seed: int, hp: FitSettings, variant: str,
+        protocol: str = PAPER, threads: int = 1) -> FitRecord:
     """Train, keep the best-validation-AUC state, save into ``out_dir`` atomically.
 
     ``threads``: these models are tiny, so one thread per process is fastest; two
     threads on a shared 2-core box measured 16x slower per epoch (oversubscription)."""
-    torch.set_num_threads(threads)
-    try:
-        cls = get_model(name)
-    except KeyError:
-        raise ConfigError(f"unknown model {name!r}") from None
     tr, va = data.splits["train"], data.splits["valid"]
     if len(va.y) == 0 or len(np.unique(va.y)) < 2:
         raise InputError("the valid split needs both labels to select epochs")
     start = time.perf_counter()
-    torch.manual_seed(seed)  # before the model: its initial weights come from the global RNG
-    model = cls(data.fmap, hp)
-    if is_torch(name):
-        init_weights(model)
-        info = _fit_torch(model, tr, va, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
-                          patience=patience)
-    else:
-        info = model.fit((tr.x_cat, tr.x_dense, tr.y), (va.x_cat, va.x_dense, va.y), seed=seed,
-                         threads=threads)
-    record = {"model": name, "variant": variant, "seed": seed, "hyper": asdict(hp),
-              "epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
-              "fmap": data.fmap.to_json(), "codes": data.codes,
-              "data_fingerprint": data.data_fingerprint, "held_out": data.held_out,
-              "train_seconds": round(time.perf_counter() - start, 3), **info, **(extra or {})}
+    try:
+        model = build(name, data.fmap, hp.fit_settings(), seed)
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}") from None
+    info = model.fit(tr, va, threads=threads)
+    record = FitRecord(model=name, variant=variant, seed=seed, protocol=protocol,
+                       hyper=hp.fit_settings(), fmap=data.fmap.to_json(), codes=data.codes,
+                       data_fingerprint=data.data_fingerprint, held_out=data.held_out,
+                       train_seconds=round(time.perf_counter() - start, 3), **info.model_dump())
     _save(model, record, Path(out_dir))
     return record
 
 
-def _fit_torch(model: torch.nn.Module, tr: Split, va: Split, *, seed: int, epochs: int,
-               batch_size: int, lr: float, patience: int) -> dict[str, Any]:
-    gen = torch.Generator().manual_seed(seed)
-    x_cat, x_dense, y = torch.from_numpy(tr.x_cat), torch.from_numpy(tr.x_dense), torch.from_numpy(tr.y)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    best_auc, best_epoch, best_state, history = -1.0, 0, None, []
-    for epoch in range(1, epochs + 1):
-        model.train()
-        for idx in torch.randperm(len(y), generator=gen).split(batch_size):
-            opt.zero_grad()
-            loss_fn(model(x_cat[idx], x_dense[idx]), y[idx]).backward()
-            opt.step()
-        auc = float(roc_auc_score(va.y, predict_torch(model, va.x_cat, va.x_dense)))
-        history.append(round(auc, 6))
-        if auc > best_auc:
-            best_auc, best_epoch, best_state = auc, epoch, copy.deepcopy(model.state_dict())
-        elif epoch - best_epoch >= patience:
-            break
-    model.load_state_dict(best_state)
-    return {"best_epoch": best_epoch, "val_auc": best_auc, "val_auc_history": history,
-            "epochs_run": len(history), "epoch_cap": epochs}
-
-
-@torch.inference_mode()
-def predict_torch(model: torch.nn.Module, x_cat: np.ndarray, x_dense: np.ndarray) -> np.ndarray:
-    model.eval()
-    xc, xd = torch.from_numpy(x_cat), torch.from_numpy(x_dense)
-    out = [torch.sigmoid(model(xc[i:i + _EVAL_BATCH], xd[i:i + _EVAL_BATCH]))
-           for i in range(0, len(xc), _EVAL_BATCH)]
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
-
-
-def _save(model: Any, record: dict[str, Any], out_dir: Path) -> None:
+def _save(model: CTRModel, record: FitRecord, out_dir: Path) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        if isinstance(model, torch.nn.Module):
-            torch.save(model.state_dict(), tmp / "model.pt")
-        else:
-            model.save(tmp)
-        (tmp / MODEL_JSON).write_text(json.dumps(record, indent=2, default=str))
+        model.save(tmp)
+        record.write(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.rename(tmp, out_dir)
@@ -187,26 +125,19 @@ class Scorer:
 
     def __init__(self, model_dir: Path) -> None:
         model_dir = Path(model_dir)
-        path = model_dir / MODEL_JSON
-        if not path.is_file():
-            raise InputError("not a trained model dir (no model.json)", path=str(model_dir))
-        self.record = json.loads(path.read_text())
-        self.fmap = FeatureMap.from_json(self.record["fmap"])
-        self.name = self.record["model"]
-        self.model = get_model(self.name)(self.fmap, Hyper(**{k: tuple(v) if isinstance(v, list) else v
-                                                             for k, v in self.record["hyper"].items()}))
-        if isinstance(self.model, torch.nn.Module):
-            self.model.load_state_dict(torch.load(model_dir / "model.pt", weights_only=True))
-            self.model.eval()
-        else:
-            self.model.load(model_dir)
-        # (users table, code source) -> their encoder and, for DCN, its folded rows
-        self._bound: tuple[pl.DataFrame | None, CodeSource | None, Encoder,
-                           tuple[torch.Tensor, torch.Tensor] | None] | None = None
+        if not FitRecord.exists(model_dir):
+            raise InputError(f"not a trained model dir (no {FitRecord.FILE})", path=str(model_dir))
+        self.record = FitRecord.read(model_dir)
+        self.fmap = FeatureMap.from_json(self.record.fmap)
+        self.name = self.record.model
+        self.model = build(self.name, self.fmap, self.record.hyper, self.record.seed)
+        self.model.load(model_dir)
+        # (users table, code source) -> their encoder and its scoring function
+        self._bound: tuple[pl.DataFrame | None, CodeSource | None, Encoder, ScoreFn] | None = None
 
     def check_codes(self, codes: CodeSource | None) -> None:
         """Refuse a code source that is missing or means something else than at training."""
-        want = self.record["codes"]
+        want = self.record.codes
         if want is None:
             return
         if codes is None:
@@ -223,31 +154,27 @@ class Scorer:
               codes: CodeSource | None) -> np.ndarray:
         """Click probabilities; unseen users/items use the OOV index, users missing from
         the bank the unknown code."""
-        encoder = self.encoder(users, codes)
-        folded = self._bound[3]
-        if folded is not None:  # see DCN.fold: two gathers instead of the embedding
-            rows, items = (torch.from_numpy(p) for p in encoder.positions(user_ids, item_ids))
-            user_part, item_part = folded
-            with torch.inference_mode():
-                return torch.sigmoid(self.model.from_first_layer(user_part[rows] + item_part[items])).numpy()
-        return self.predict_encoded(*encoder.encode(user_ids, item_ids))
+        encoder, scoring = self._binding(users, codes)
+        return scoring(*encoder.positions(user_ids, item_ids))
 
     def encoder(self, users: pl.DataFrame | None, codes: CodeSource | None) -> Encoder:
-        """The encoder for this users table and code source, checked and built on first
-        use and kept while the same objects are passed: a server opens its bank once and
-        then pays only the per-request id lookups, not a bank alignment per call. A model
-        with ``fold`` (DCN) also gets its per-user and per-item first-layer rows then."""
+        return self._binding(users, codes)[0]
+
+    def bind(self, users: pl.DataFrame | None, codes: CodeSource | None) -> ScoreFn:
+        """The scoring function over ``encoder(users, codes)`` positions (for DCN: its
+        folded rows, ``downstream.models.torch_model.FoldedScore``)."""
+        return self._binding(users, codes)[1]
+
+    def _binding(self, users: pl.DataFrame | None, codes: CodeSource | None) -> tuple[Encoder, ScoreFn]:
+        """The encoder for this users table and code source and the model's scoring
+        function over it, checked and built on first use and kept while the same objects
+        are passed: a server opens its bank once and then pays only the per-request id
+        lookups, not a bank alignment per call."""
         if self._bound is None or self._bound[0] is not users or self._bound[1] is not codes:
             self.check_codes(codes)
-            encoder, folded = self.fmap.encoder(users, codes), None
-            if hasattr(self.model, "fold"):
-                with torch.inference_mode():
-                    folded = self.model.fold(*(torch.from_numpy(a) for a in encoder.user_rows()),
-                                             ITEM_FIELD, len(self.fmap.items) + 1)
-            self._bound = (users, codes, encoder, folded)
-        return self._bound[2]
+            encoder = self.fmap.encoder(users, codes)
+            self._bound = (users, codes, encoder, self.model.scorer(encoder))
+        return self._bound[2], self._bound[3]
 
     def predict_encoded(self, x_cat: np.ndarray, x_dense: np.ndarray) -> np.ndarray:
-        if isinstance(self.model, torch.nn.Module):
-            return predict_torch(self.model, x_cat, x_dense)
         return self.model.predict(x_cat, x_dense)

@@ -17,13 +17,13 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 
 from dataprep.readers import source_inputs
+from downstream.layout import RunLayout
 from feature_bank import FeatureBank
 from flows.plan import Dirs, Stage, StageNotRun, run_plan, select
+from profile_infer.layout import CODEBOOKS
 from profile_infer.model_loading import resolve_model_dir
 from tasks.runners import task_runner
 from tasks.stages import (
-    EVALUATED,
-    REPORT,
     VERSION_RECORD,
     evaluate_task,
     export_task,
@@ -34,7 +34,6 @@ from tasks.stages import (
     refresh_task,
     report_task,
     run_stage,
-    train_marker,
     train_task,
 )
 from userip.config import Config, DownstreamConfig, load_config
@@ -52,7 +51,7 @@ def _export_section(cfg: Config) -> dict[str, Any]:
 
 def _export_params(cfg: Config, dirs: Dirs) -> dict[str, Any]:
     return {"codes_dir": str(dirs["quantize"] / "userip"),
-            "codebook": str(dirs["infer"] / "codebooks.safetensors"),
+            "codebook": str(dirs["infer"] / CODEBOOKS),
             "lm_id": cfg.profile.model, "data_dir": str(dirs["prepare"]),
             "bank_dir": str(cfg.bank_dir()), "keep": cfg.bank.keep_versions,
             "grace_seconds": cfg.bank.grace_seconds, "run_name": cfg.name}
@@ -70,8 +69,9 @@ def _export_output(out: Path) -> str:
 
 def _trained(cfg: Config, run_dir: Path) -> Path:
     """The marker of the first model whose training has not finished; ``run_dir`` once all have."""
-    missing = [train_marker(run_dir, m) for m in per_model_sections(cfg.downstream)
-               if not train_marker(run_dir, m).exists()]
+    layout = RunLayout(run_dir)
+    missing = [layout.trained_marker(m) for m in per_model_sections(cfg.downstream)
+               if not layout.trained_marker(m).exists()]
     return missing[0] if missing else run_dir
 
 
@@ -88,10 +88,11 @@ def _train(section: dict[str, Any], data_dir: str, codes_dir: str, out_dir: str,
 def train_models(section: dict[str, Any], data_dir: str, codes_dir: str, out_dir: str,
                  refresh: bool = False) -> list[str]:
     """One train task per model, on the task runner the config picks (local, Dask, Ray)."""
+    layout = RunLayout(Path(out_dir))
     futures = [
-        train_task.with_options(refresh_cache=refresh or not train_marker(Path(out_dir), model).exists())
+        train_task.with_options(refresh_cache=refresh or not layout.trained_marker(model).exists())
         .submit(model=model, section=s, data_dir=data_dir, codes_dir=codes_dir, out_dir=out_dir,
-                done=str(train_marker(Path(out_dir), model)), refresh=refresh)
+                done=str(layout.trained_marker(model)), refresh=refresh)
         for model, s in per_model_sections(DownstreamConfig.model_validate(section)).items()
     ]
     return [f.result() for f in futures]
@@ -139,10 +140,10 @@ FULL: tuple[Stage, ...] = (
                                     "data_dir": str(dirs["prepare"]),
                                     "codes_dir": str(dirs["quantize"])}),
     Stage("evaluate", _on(evaluate_task), shares="train", reads=("prepare",),
-          done=lambda cfg, out: out / EVALUATED,
+          done=lambda cfg, out: RunLayout(out).evaluated,
           params=lambda cfg, dirs: {"data_dir": str(dirs["prepare"])}),
     Stage("report", _on(report_task), shares="train", reads=("prepare", "evaluate"),
-          done=lambda cfg, out: out / REPORT,
+          done=lambda cfg, out: RunLayout(out).report,
           params=lambda cfg, dirs: {"section": cfg.downstream.model_dump(mode="json"),
                                     "run_name": cfg.name, "data_dir": str(dirs["prepare"])}),
 )

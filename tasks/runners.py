@@ -12,7 +12,8 @@ _EXTRAS = {"dask": "prefect-dask==0.3.7", "ray": "prefect-ray==0.6.0"}
 def task_runner(kind: str, workers: int):
     """``thread``: local, one model at a time (each model's fits then use ``workers``
     processes, see ``flows.userip_flow``); ``dask`` / ``ray``: their Prefect integrations
-    (installed separately) with ``workers`` models side by side, which also reach a cluster
+    (prefect-dask is in the lock; prefect-ray is installed separately) with ``workers``
+    models side by side, one per worker process, which also reach a cluster
     through their own settings, e.g. ``DaskTaskRunner(address=...)``."""
     if kind == "thread":
         return ThreadPoolTaskRunner(max_workers=1)
@@ -20,7 +21,10 @@ def task_runner(kind: str, workers: int):
         if kind == "dask":
             from prefect_dask import DaskTaskRunner
 
-            return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "processes": True})
+            # one thread per worker process: two fits in threads of one process would share
+            # torch's global RNG (LocalCluster's default is cores / workers threads each)
+            return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "processes": True,
+                                                  "threads_per_worker": 1})
         if kind == "ray":
             from prefect_ray import RayTaskRunner
 

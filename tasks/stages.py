@@ -23,6 +23,7 @@ from prefect.context import TaskRunContext
 from prefect.serializers import JSONSerializer
 from prefect.settings import get_current_settings
 
+from downstream.layout import RunLayout
 from userip.fingerprint import hash_json
 
 
@@ -195,12 +196,7 @@ def train_task(model: str, section: dict[str, Any], data_dir: str, codes_dir: st
 
     train_all(DownstreamConfig.model_validate(section), Path(data_dir), Path(out_dir),
               codes=Path(codes_dir))
-    train_marker(Path(out_dir), model).write_text("done\n")
-
-
-def train_marker(run_dir: Path, model: str) -> Path:
-    """Written once every fit of ``model`` is saved: lets the flow skip a finished model."""
-    return run_dir / f"train-{model}.done"
+    RunLayout(Path(out_dir)).trained_marker(model).write_text("done\n")
 
 
 @stage_task("evaluate")
@@ -208,11 +204,9 @@ def evaluate_task(data_dir: str, out_dir: str) -> None:
     from downstream.suite import evaluate_all
 
     evaluate_all(Path(out_dir), Path(data_dir))
-    (Path(out_dir) / EVALUATED).write_text("done\n")
+    RunLayout(Path(out_dir)).evaluated.write_text("done\n")
 
 
-EVALUATED = "evaluate.done"
-REPORT = "report.md"
 
 
 @stage_task("report")
@@ -221,14 +215,13 @@ def report_task(section: dict[str, Any], run_name: str, data_dir: str, out_dir: 
     that stay the same from run to run, so the UI shows their history."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from downstream.report import write_report
+    from downstream.report import metric_rows, write_report
     from userip.config import DownstreamConfig
-    from userip.summary import metric_rows
 
     metrics = write_report(Path(out_dir), Path(data_dir), DownstreamConfig.model_validate(section))
     name = artifact_slug(run_name)
     create_table_artifact(key=f"userip-metrics-{name}", table=metric_rows(metrics),
                           description=f"Test metrics, mean over seeds ({out_dir})")
-    report = (Path(out_dir) / "report.md").read_text()
+    report = RunLayout(Path(out_dir)).report.read_text()
     create_markdown_artifact(key=f"userip-report-{name}", markdown=report,
                              description=f"Downstream report; plots beside {out_dir}/report.md")

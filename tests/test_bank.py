@@ -1,6 +1,6 @@
 """Feature bank: publish/open/lookup, atomicity under a killed publisher, compatibility.
 
-Codes here come from ``tests.standin_codes`` (k-means on random vectors): the bank only
+Codes here come from ``quantize.standin`` (k-means on random vectors): the bank only
 stores and serves codes, so their meaning does not matter for these tests.
 """
 

@@ -1,12 +1,11 @@
 """Downstream zoo on tiny real data (the first 40 MovieLens-100K users, 1 epoch).
 
-Profile codes are stand-ins (FAISS k-means on random vectors, ``tests.standin_codes``):
+Profile codes are stand-ins (FAISS k-means on random vectors, ``quantize.standin``):
 these tests check plumbing and contracts, not that codes help.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -17,16 +16,53 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from downstream.features import load_users, open_codes
-from downstream.layers import Hyper
+from downstream.layout import FitRecord, Job, JobMetrics, ReportMetrics, RunLayout
 from downstream.metrics import ctr_metrics
-from downstream.models import MODELS
+from downstream.models import MODELS, NETWORKS
+from downstream.models.torch_model import FoldedScore
 from downstream.train import Scorer, fit, prepare
 from feature_bank import FeatureBank, IncompatibleBankError, publish
 from quantize.standin import write_standin
 from userip.cli import main as cli_main
+from userip.cli.summary import summary_table
 from userip.errors import ConfigError, InputError
+from userip.hyper import FitSettings, Hyper
 
-FIT = dict(hp=Hyper(), epochs=1, batch_size=256, lr=1e-3, patience=1)
+FIT = FitSettings(epochs=1, batch_size=256, lr=1e-3, patience=1)
+
+
+# report.md's headings and table headers for the run of test_cli_train_evaluate_report, as
+# the report wrote them at b7a7258, before its tables were declared as data: the same
+# sections and columns, in the same order.
+REPORT_STRUCTURE = [
+    "# Downstream CTR report",
+    "## Table 2 analogue: every model, with and without `userip` codes",
+    "| model | AUC without | AUC with | Logloss without | Logloss with | UAUC with | R.I. AUC | R.I. Logloss | p (AUC) | seeds |",
+    "## Table 3: `userip` codes (trained with the DCN surrogate) transferred to other models",
+    "| model | AUC without | AUC with | Logloss without | Logloss with | UAUC with | R.I. AUC | R.I. Logloss | p (AUC) | seeds |",
+    "## Table 4: quantization ablation",
+    "| model | variant | method | K per profile | AUC | Logloss | UAUC | R.I. AUC | p (AUC) |",
+    "## Figs 6–7 analogues: AUC / Logloss against codebook size",
+    "## New users: held out of CTR training",
+    "| model | variant | method | codes cover | AUC | Logloss | UAUC | ΔAUC | p (AUC) | seeds |",
+    "## AUC by user activity (train interactions per user)",
+    "### Paper protocol (all users)",
+    "| model | variant | <=10 (0 users, 0 rows) | 11-50 (21 users, 82 rows) | >50 (19 users, 320 rows) |",
+    "### New users (held out of CTR training)",
+    "| model | variant | <=10 (0 users, 0 rows) | 11-50 (4 users, 15 rows) | >50 (4 users, 58 rows) |",
+    "## Epoch selection",
+    "| protocol | model | cap | best epoch min / median / max | cap bound for |",
+    "## Does the profile carry the user?",
+    "## Profile probe: do codes predict held-out user attributes?",
+    "| variant | attribute | accuracy | majority | classes | test users |",
+]
+
+
+def report_structure(report: str) -> list[str]:
+    """Headings and the header line of every table, in order."""
+    lines = report.splitlines()
+    return [line for i, line in enumerate(lines) if line.startswith("#")
+            or (line.startswith("| ") and i + 1 < len(lines) and lines[i + 1].startswith("|---"))]
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +78,15 @@ def prepared(ml100k_small_dir: Path, codes_dir: Path):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_fit_save_load_predict(name: str, prepared, codes_dir: Path, tmp_path: Path) -> None:
-    rec = fit(name, prepared, tmp_path / name, seed=0, variant="userip", **FIT)
+    rec = fit(name, prepared, tmp_path / name, seed=0, variant="userip", hp=FIT)
     scorer = Scorer(tmp_path / name)
     va = prepared.splits["valid"]
     p = scorer.predict_encoded(va.x_cat, va.x_dense)
     assert p.shape == (len(va.y),) and np.all((p > 0) & (p < 1))
     # the saved state is the one validation AUC was recorded for
-    assert roc_auc_score(va.y, p) == pytest.approx(rec["val_auc"], abs=1e-6)
-    assert scorer.record["codes"]["compat_hash"] == FeatureBank.from_codes_dir(codes_dir).manifest.compat_hash
+    assert roc_auc_score(va.y, p) == pytest.approx(rec.val_auc, abs=1e-6)
+    assert scorer.record.hyper == FIT and scorer.record.model == name
+    assert scorer.record.codes["compat_hash"] == FeatureBank.from_codes_dir(codes_dir).manifest.compat_hash
 
 
 @pytest.mark.parametrize("name", ["dcn", "lightgbm"])
@@ -60,24 +97,24 @@ def test_same_seed_gives_identical_fits(name: str, prepared, tmp_path: Path) -> 
     recs, preds = [], []
     for run in ("a", "b"):
         recs.append(fit(name, prepared, tmp_path / run, seed=3, variant="userip",
-                        **{**FIT, "epochs": 2, "patience": 2}))
+                        hp=FIT.model_copy(update={"epochs": 2, "patience": 2})))
         preds.append(Scorer(tmp_path / run).predict_encoded(te.x_cat, te.x_dense))
     np.testing.assert_array_equal(preds[0], preds[1])
-    assert (recs[0]["val_auc"], recs[0]["best_epoch"]) == (recs[1]["val_auc"], recs[1]["best_epoch"])
+    assert (recs[0].val_auc, recs[0].best_epoch) == (recs[1].val_auc, recs[1].best_epoch)
     assert ctr_metrics(te.user_ids, te.y, preds[0]) == ctr_metrics(te.user_ids, te.y, preds[1])
 
 
 def test_epoch_is_chosen_on_validation(prepared, tmp_path: Path) -> None:
     rec = fit("dcn", prepared, tmp_path / "m", seed=1, variant="userip",
-              **{**FIT, "epochs": 4, "patience": 4})
-    hist = rec["val_auc_history"]
-    assert len(hist) == 4 and rec["best_epoch"] == int(np.argmax(hist)) + 1
-    assert rec["val_auc"] == pytest.approx(max(hist), abs=1e-6)
+              hp=FIT.model_copy(update={"epochs": 4, "patience": 4}))
+    hist = rec.val_auc_history
+    assert len(hist) == 4 and rec.best_epoch == int(np.argmax(hist)) + 1
+    assert rec.val_auc == pytest.approx(max(hist), abs=1e-6)
 
 
 def test_unknown_users_items_and_bank_compatibility(prepared, ml100k_small_dir: Path,
                                                     codes_dir: Path, tmp_path: Path) -> None:
-    fit("dcn", prepared, tmp_path / "m", seed=0, variant="userip", **FIT)
+    fit("dcn", prepared, tmp_path / "m", seed=0, variant="userip", hp=FIT)
     scorer = Scorer(tmp_path / "m")
     bank_dir = tmp_path / "bank"
     publish(codes_dir, bank_dir)
@@ -107,7 +144,7 @@ def test_closed_form_cross_network_matches_the_layer_loop(prepared) -> None:
     """DCN computes its cross network in closed form (x_l = a_l * x_0 + c_l); it must equal
     the textbook x_{l+1} = x_0 * (x_l . w_l) + b_l + x_l, layer by layer."""
     torch.manual_seed(0)
-    model = MODELS["dcn"](prepared.fmap, Hyper(cross_layers=4)).eval()
+    model = NETWORKS["dcn"](prepared.fmap, Hyper(cross_layers=4)).eval()
     with torch.no_grad():
         model.cross.b.normal_()  # non-zero biases exercise c_l
         x_cat = torch.from_numpy(prepared.splits["test"].x_cat[:64])
@@ -130,13 +167,13 @@ def test_folded_dcn_scores_like_its_forward_pass(profiles: str, prepared, ml100k
         users = pl.read_parquet(ml100k_small_dir / "users.parquet")["user_id"].to_list()
         source = open_codes(write_standin(users, tmp_path / "none", method="none"))
         data = prepare(ml100k_small_dir, source, use_observed=True)
-    fit("dcn", data, tmp_path / "m", seed=0, variant=profiles, **FIT)
+    fit("dcn", data, tmp_path / "m", seed=0, variant=profiles, hp=FIT)
     scorer, users_table = Scorer(tmp_path / "m"), load_users(ml100k_small_dir)
     test = pl.read_parquet(ml100k_small_dir / "interactions.parquet").filter(pl.col("split") == "test")
     uid = np.array(["ghost", *test["user_id"].to_list()], dtype=object)
     iid = np.array([*test["item_id"].to_list(), "no-such-item"], dtype=object)
     folded = scorer.score(uid, iid, users_table, source)
-    assert scorer._bound[3] is not None  # the folded path ran
+    assert isinstance(scorer.bind(users_table, source), FoldedScore)  # the folded path ran
     full = scorer.predict_encoded(*scorer.encoder(users_table, source).encode(uid, iid))
     np.testing.assert_allclose(folded, full, rtol=0, atol=1e-6)
 
@@ -170,17 +207,24 @@ def test_cli_train_evaluate_report(ml100k_small_dir: Path, codes_dir: Path, tmp_
     assert cli_main(["train", *common, "--codes", str(q), "--out", str(run)]) == 0
     assert cli_main(["evaluate", *common, "--run", str(run)]) == 0
     assert cli_main(["report", "--config", str(cfg), "--data", str(ml100k_small_dir), "--run", str(run)]) == 0
-    metrics = json.loads((run / "metrics.json").read_text())
-    dcn = metrics["models"]["dcn"]
+    metrics = ReportMetrics.read(run)
+    dcn = metrics.models["dcn"]
     assert set(dcn) == {"without", "userip", "kmeans", "sweep-hobby_K8", "none"}
-    assert set(metrics["models"]["pnn"]) == {"without", "userip"}
-    for key in ("auc", "auc_std", "logloss", "logloss_std", "uauc", "n_seeds", "p_value"):
-        assert key in dcn["userip"]
-    assert dcn["userip"]["n_seeds"] == 2
-    report = (run / "report.md").read_text()
-    assert "Table 2" in report and "Table 3" in report and "Table 4" in report and "STAND-IN" in report
-    assert (run / "fig6_auc_vs_codebook_size.png").stat().st_size > 0
-    assert set(metrics["probe"]["userip"]) == {"occupation", "gender", "age_band"}
+    assert set(metrics.models["pnn"]) == {"without", "userip"}
+    assert dcn["userip"].n_seeds == 2 and dcn["userip"].p_value is not None
+    report = RunLayout(run).report.read_text()
+    assert "STAND-IN" in report
+    assert report_structure(report) == REPORT_STRUCTURE
+    assert metrics.figures == ["fig6_auc_vs_codebook_size.png", "fig7_logloss_vs_codebook_size.png"]
+    assert all(RunLayout(run).figure(f).stat().st_size > 0 for f in metrics.figures)
+    assert set(metrics.probe["userip"]) == {"occupation", "gender", "age_band"}
+    # the end-of-run summary renders the same summaries through the report's table renderer
+    summary = summary_table({"report": str(run)}).splitlines()
+    assert summary[1:3] == ["| model | variant | AUC | Logloss | UAUC | R.I. AUC | p (AUC) |", "|" + "---|" * 7]
+    without = dcn["without"]
+    assert any(line.startswith(f"| dcn | without | {without.auc:.4f} ± {without.auc_std:.4f} |")
+               for line in summary)
+    assert summary[-1] == f"report   {RunLayout(run).report}"
     # scoring a codes model against an incompatible bank is refused by evaluate
     bank = tmp_path / "bank"
     publish(q / "sweep" / "hobby_K8", bank)
@@ -196,11 +240,11 @@ def test_cli_train_from_bank_and_rescore_after_republish(ml100k_small_dir: Path,
     cfg.write_text("downstream:\n  models: [dcn]\n  transfer_models: []\n  seeds: [0]\n  epochs: 1\n")
     common = ["--config", str(cfg), "--data", str(ml100k_small_dir)]
     assert cli_main(["train", *common, "--bank", str(bank), "--out", str(run)]) == 0
-    rec = json.loads((run / "downstream" / "userip" / "dcn" / "seed=0" / "model.json").read_text())
-    assert rec["codes"]["version"] == FeatureBank.open(bank).manifest.version
+    model_dir = RunLayout(run).model_dir(Job("userip", "dcn", 0))
+    assert FitRecord.read(model_dir).codes["version"] == FeatureBank.open(bank).manifest.version
     publish(codes_dir, bank)  # same codebook and profiles: compatible
     assert cli_main(["evaluate", *common, "--run", str(run), "--bank", str(bank)]) == 0
-    assert json.loads((run / "downstream" / "userip" / "dcn" / "seed=0" / "metrics.json").read_text())["n"] > 0
+    assert JobMetrics.read(model_dir).n > 0
 
 
 def test_codes_for_other_users_are_warned_about(ml100k_small_dir: Path, tmp_path: Path,
@@ -214,3 +258,38 @@ def test_codes_for_other_users_are_warned_about(ml100k_small_dir: Path, tmp_path
     with caplog.at_level("WARNING", logger="downstream.suite"):
         train_all(section, ml100k_small_dir, tmp_path / "run", codes=tmp_path / "q")
     assert "variant kmeans has codes for 0% of the data set's users" in caplog.text
+
+
+def test_fit_key_is_the_fit_settings_only() -> None:
+    """A fit's cache key is the dump of FitSettings' fields: run settings and the plan of
+    which fits run leave it alone; every learned field moves it."""
+    from userip.config import DownstreamConfig
+
+    base = DownstreamConfig()
+    assert base.key() == FitSettings().key()
+    for run_only in ({"threads": 2}, {"workers": 3}, {"task_runner": "dask"}, {"seeds": (7,)},
+                     {"models": ("pnn",)}, {"new_user_share": 0.0}):
+        assert base.model_copy(update=run_only).key() == base.key(), run_only
+    for learned in ({"epochs": 7}, {"mlp": (8,)}, {"lr": 0.01}, {"use_observed_features": True}):
+        assert DownstreamConfig(**learned).key() != base.key(), learned
+    # JSON round trip of the section (tuples included), no patching
+    section = DownstreamConfig(mlp=(32, 16), seeds=(0, 3))
+    assert DownstreamConfig.model_validate_json(section.model_dump_json()) == section
+
+
+def test_saved_state_is_never_unpickled(prepared, tmp_path: Path) -> None:
+    """A model.pt replaced by a pickle that would run code is refused by torch's
+    weights_only loader; the code never runs."""
+    import pickle
+
+    fit("dcn", prepared, tmp_path / "m", seed=0, variant="userip", hp=FIT)
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("pwned",))
+
+    (tmp_path / "m" / RunLayout.TORCH_STATE).write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(pickle.UnpicklingError):
+        Scorer(tmp_path / "m")
+    assert not marker.exists()

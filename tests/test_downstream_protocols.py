@@ -1,7 +1,7 @@
 """The new-users protocol, AUC by activity, early stopping and the stat codes, on tiny real
 data (the first 40 MovieLens-100K users prepared by the real ``prepare``).
 
-Profile codes are stand-ins (``tests.standin_codes``): these tests check the protocol's
+Profile codes are stand-ins (``quantize.standin``): these tests check the protocol's
 plumbing and contracts, not that codes help.
 """
 
@@ -20,25 +20,18 @@ import pydantic
 import pytest
 
 from downstream.features import open_codes
-from downstream.layers import Hyper
+from downstream.layout import NEW_USERS, FitRecord, Job, JobMetrics, ReportMetrics, RunLayout
 from downstream.metrics import activity_bucket
 from downstream.report import write_report
 from downstream.stat_codes import LIKE_RATE_BINS, stat_codes, write_stat_codes
-from downstream.suite import (
-    NEW_USERS,
-    Job,
-    evaluate_all,
-    hold_out_users,
-    plan,
-    read_held_out,
-    train_all,
-    trained_dirs,
-)
+from downstream.suite import evaluate_all, hold_out_users, plan, read_held_out, train_all
 from downstream.train import Scorer, fit, prepare
 from feature_bank import FeatureBank
+from quantize.layout import QuantizeMeta
 from quantize.standin import write_standin
 from userip.config import DownstreamConfig
 from userip.errors import InputError
+from userip.hyper import FitSettings
 
 SECTION = DownstreamConfig(models=("dcn",), transfer_models=(), ablation_models=("dcn",), seeds=(0,),
                            ablation_seeds=(0, 1), epochs=2, patience=1, batch_size=256,
@@ -90,21 +83,22 @@ def test_held_out_users_are_absent_from_ctr_training(ml100k_small_dir: Path) -> 
 
 def test_new_users_runs_train_without_them_and_score_only_them(run: Path, ml100k_small_dir: Path) -> None:
     held = read_held_out(run)
-    assert held["share"] == 0.25 and len(held["users"]) == 10
-    assert held["coverage"] == {"userip": 1.0, "stat-full": 1.0}  # no sweep, no leakage control
+    assert held.share == 0.25 and len(held.users) == 10
+    assert held.coverage == {"userip": 1.0, "stat-full": 1.0}  # no sweep, no leakage control
     inter = _inter(ml100k_small_dir)
-    n_test = inter.filter((pl.col("split") == "test") & pl.col("user_id").is_in(held["users"])).height
-    new_dirs = [d for d in trained_dirs(run) if NEW_USERS in d.parts]
-    assert {(d.parts[-3], d.parts[-1]) for d in new_dirs} == {
-        (v, f"seed={s}") for v in ("without", "userip", "stat-full") for s in (0, 1)}
-    for d in new_dirs:
-        rec = json.loads((d / "model.json").read_text())
-        assert rec["protocol"] == NEW_USERS and not set(rec["fmap"]["users"]) & set(held["users"])
-        assert json.loads((d / "metrics.json").read_text())["n"] == n_test
-    paper = json.loads((run / "downstream" / "without" / "dcn" / "seed=0" / "metrics.json").read_text())
-    assert paper["protocol"] == "paper" and paper["n"] == inter.filter(pl.col("split") == "test").height
-    assert set(json.loads((run / "downstream" / "without" / "dcn" / "seed=0" / "model.json").read_text())
-               ["fmap"]["users"]) >= set(held["users"])
+    n_test = inter.filter((pl.col("split") == "test") & pl.col("user_id").is_in(held.users)).height
+    layout = RunLayout(run)
+    new_fits = [(job, d) for job, d in layout.trained() if job.protocol == NEW_USERS]
+    assert {(job.variant, job.seed) for job, _ in new_fits} == {
+        (v, s) for v in ("without", "userip", "stat-full") for s in (0, 1)}
+    for _, d in new_fits:
+        rec = FitRecord.read(d)
+        assert rec.protocol == NEW_USERS and not set(rec.fmap["users"]) & set(held.users)
+        assert JobMetrics.read(d).n == n_test
+    paper_dir = layout.model_dir(Job("without", "dcn", 0))
+    paper = JobMetrics.read(paper_dir)
+    assert paper.protocol == "paper" and paper.n == inter.filter(pl.col("split") == "test").height
+    assert set(FitRecord.read(paper_dir).fmap["users"]) >= set(held.users)
 
 
 def test_plan_gives_ablation_seeds_to_comparisons_not_sweeps() -> None:
@@ -124,9 +118,9 @@ def test_activity_buckets_in_metrics(run: Path, ml100k_small_dir: Path) -> None:
     test = inter.filter(pl.col("split") == "test")
     expected = Counter("<=10" if train_counts[u] <= 10 else "11-50" if train_counts[u] <= 50 else ">50"
                        for u in test["user_id"].to_list())
-    m = json.loads((run / "downstream" / "without" / "dcn" / "seed=0" / "metrics.json").read_text())
-    assert {b: v["rows"] for b, v in m["by_activity"].items()} == {b: expected[b] for b in ("<=10", "11-50", ">50")}
-    assert sum(v["rows"] for v in m["by_activity"].values()) == m["n"]
+    m = JobMetrics.read(RunLayout(run).model_dir(Job("without", "dcn", 0)))
+    assert {b: v.rows for b, v in m.by_activity.items()} == {b: expected[b] for b in ("<=10", "11-50", ">50")}
+    assert sum(v.rows for v in m.by_activity.values()) == m.n
 
 
 def test_activity_bucket_edges() -> None:
@@ -140,30 +134,30 @@ def test_early_stopping_reads_validation_only(ml100k_small_dir: Path, tmp_path: 
     data = prepare(ml100k_small_dir, None, use_observed=False)
     te = data.splits["test"]
     flipped = dataclasses.replace(data, splits={**data.splits, "test": dataclasses.replace(te, y=1 - te.y)})
-    kw = dict(seed=2, hp=Hyper(), epochs=30, batch_size=256, lr=1e-2, patience=2, variant="without")
+    kw = dict(seed=2, hp=FitSettings(epochs=30, batch_size=256, lr=1e-2, patience=2), variant="without")
     a, b = fit("dcn", data, tmp_path / "a", **kw), fit("dcn", flipped, tmp_path / "b", **kw)
-    assert (a["best_epoch"], a["val_auc_history"]) == (b["best_epoch"], b["val_auc_history"])
+    assert (a.best_epoch, a.val_auc_history) == (b.best_epoch, b.val_auc_history)
     np.testing.assert_array_equal(Scorer(tmp_path / "a").predict_encoded(te.x_cat, te.x_dense),
                                   Scorer(tmp_path / "b").predict_encoded(te.x_cat, te.x_dense))
-    hist = a["val_auc_history"]
-    assert a["best_epoch"] == int(np.argmax(hist)) + 1
+    hist = a.val_auc_history
+    assert a.best_epoch == int(np.argmax(hist)) + 1
     # stopped `patience` epochs after the best one, or at the cap
-    assert len(hist) == min(30, a["best_epoch"] + 2) and len(hist) < 30
+    assert len(hist) == min(30, a.best_epoch + 2) and len(hist) < 30
 
 
 def test_report_sections(run: Path) -> None:
-    report = (run / "report.md").read_text()
+    report = RunLayout(run).report.read_text()
     for heading in ("## New users: held out of CTR training", "## AUC by user activity",
                     "### Paper protocol (all users)", "### New users (held out of CTR training)",
                     "## Target leakage", "## Epoch selection", "## Table 4"):
         assert heading in report
-    metrics = json.loads((run / "metrics.json").read_text())
-    new = metrics["new_users"]
-    assert new["n_users"] == 10 and set(new["models"]["dcn"]) == {"without", "userip", "stat-full"}
-    assert new["models"]["dcn"]["userip"]["n_seeds"] == 2
-    assert set(metrics["leakage"]["dcn"]) >= {"auc_full", "auc_half", "auc_delta", "p_value"}
-    assert metrics["epochs"]["paper"]["dcn"]["cap"] == 2
-    assert "users" not in new  # the id list stays in held_out.json
+    metrics = ReportMetrics.read(run)
+    new = metrics.new_users
+    assert new.n_users == 10 and set(new.models["dcn"]) == {"without", "userip", "stat-full"}
+    assert new.models["dcn"]["userip"].n_seeds == 2
+    assert metrics.leakage["dcn"].auc_full > 0.0 and metrics.leakage["dcn"].n_seeds == 2
+    assert metrics.epochs["paper"]["dcn"].cap == 2
+    assert "users" not in json.loads(ReportMetrics.path(run).read_text())["new_users"]  # ids stay in held_out.json
 
 
 def test_stat_codes_match_their_definition(ml100k_small_dir: Path, tmp_path: Path) -> None:
@@ -180,7 +174,7 @@ def test_stat_codes_match_their_definition(ml100k_small_dir: Path, tmp_path: Pat
             tops[u] = min(counts, key=lambda c: (-counts[c], c))
         edges = np.quantile(list(rates.values()), [0.25, 0.5, 0.75])
         vocab = sorted(set(tops.values()))
-        assert meta["profiles"] == [{"name": "like_rate", "K": LIKE_RATE_BINS}, {"name": "taste", "K": len(vocab)}]
+        assert meta.sizes == [("like_rate", LIKE_RATE_BINS), ("taste", len(vocab))]
         for u, like, taste in codes.iter_rows():
             assert like == int(np.searchsorted(edges, rates[u], side="right"))
             assert vocab[taste] == tops[u]
@@ -189,17 +183,18 @@ def test_stat_codes_match_their_definition(ml100k_small_dir: Path, tmp_path: Pat
     bank = FeatureBank.from_codes_dir(out)
     assert bank.manifest.names == ["like_rate", "taste"] and bank.n_users == codes.height
     # every model's train task writes them: codes of the same data files are kept, not rewritten
-    stamp = (out / "meta.json").stat().st_mtime_ns
-    assert write_stat_codes(ml100k_small_dir, out, "half") == out and (out / "meta.json").stat().st_mtime_ns == stamp
+    stamp = QuantizeMeta.path(out).stat().st_mtime_ns
+    assert write_stat_codes(ml100k_small_dir, out, "half") == out
+    assert QuantizeMeta.path(out).stat().st_mtime_ns == stamp
     write_stat_codes(ml100k_small_dir, out, "full")  # another history: rebuilt
-    assert json.loads((out / "meta.json").read_text())["history"] == "full"
+    assert QuantizeMeta.read(out).history == "full"
 
 
 def test_share_zero_turns_the_protocol_off(ml100k_small_dir: Path, quantize_dir: Path, tmp_path: Path) -> None:
     section = SECTION.model_copy(update={"new_user_share": 0.0, "stat_codes": False, "ablation_seeds": ()})
     train_all(section, ml100k_small_dir, tmp_path / "run", codes=quantize_dir / "userip")
     assert read_held_out(tmp_path / "run") is None
-    assert not any(NEW_USERS in d.parts for d in trained_dirs(tmp_path / "run"))
+    assert not any(job.protocol == NEW_USERS for job, _ in RunLayout(tmp_path / "run").trained())
 
 
 def test_bad_shares_and_uncovered_variants(ml100k_small_dir: Path, tmp_path: Path) -> None:
@@ -217,9 +212,9 @@ def test_bad_shares_and_uncovered_variants(ml100k_small_dir: Path, tmp_path: Pat
     run = tmp_path / "run"
     train_all(section, ml100k_small_dir, run, codes=q)
     info = read_held_out(run)
-    assert info["coverage"] == {"kmeans": 0.0, "userip": 1.0} and info["skipped"] == ["kmeans"]
-    assert {d.parts[-3] for d in trained_dirs(run) if NEW_USERS in d.parts} == {"without", "userip"}
+    assert info.coverage == {"kmeans": 0.0, "userip": 1.0} and info.skipped == ["kmeans"]
+    assert {job.variant for job, _ in RunLayout(run).trained() if job.protocol == NEW_USERS} == {"without", "userip"}
     evaluate_all(run, ml100k_small_dir)
     write_report(run, ml100k_small_dir, section)
-    assert "Skipped (codes for none of the held-out users): kmeans." in (run / "report.md").read_text()
+    assert "Skipped (codes for none of the held-out users): kmeans." in RunLayout(run).report.read_text()
     assert (open_codes(q / "kmeans").lookup(held) == [4, 3]).all()  # the unknown code K_m for each

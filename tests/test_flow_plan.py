@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from downstream.layout import RunLayout
 from flows.plan import StageNotRun, needed, run_plan, select, stage_names
 from flows.userip_flow import FULL, per_model_sections
-from tasks.stages import VERSION_RECORD, train_marker
+from tasks.stages import VERSION_RECORD
 from userip.config import Config, load_config
 from userip.errors import ConfigError
 
@@ -53,11 +54,11 @@ def _write(name: str, out: Path, version: Path, params: dict) -> None:
     elif name == "train":
         cfg = Config(downstream=params["section"]).downstream
         for model in per_model_sections(cfg):
-            train_marker(out, model).write_text("done\n")
+            RunLayout(out).trained_marker(model).write_text("done\n")
     elif name == "evaluate":
-        (out / "evaluate.done").write_text("done\n")
+        RunLayout(out).evaluated.write_text("done\n")
     elif name == "report":
-        (out / "report.md").write_text("# report\n")
+        RunLayout(out).report.write_text("# report\n")
     (out / "payload").write_text(name)  # content, so later keys hash something
 
 

@@ -2,7 +2,7 @@
 
 Floors, bottom up: the ground floor (``userip`` without its CLI: config, errors, hashing,
 atomic I/O, sidecars), the stage libraries in pipeline order, the Prefect glue
-(``tasks``, then ``flows``), the CLI (``userip.cli``, ``userip.commands``) on top. A module
+(``tasks``, then ``flows``), the CLI (``userip.cli``, ``userip.cli.commands``) on top. A module
 may import its own floor and the floors below; the libraries never import Prefect.
 """
 
@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRARIES = ("dataprep", "profile_infer", "quantize", "feature_bank", "downstream", "baselines")
-ROOF = ("userip.cli", "userip.commands")
+ROOF = ("userip.cli", "userip.cli.commands")
 # bottom to top; a module's floor is the first prefix it matches
 FLOORS = (("userip",), *((lib,) for lib in LIBRARIES), ("tasks",), ("flows",), ROOF)
 OURS = {"userip", *LIBRARIES, "tasks", "flows"}

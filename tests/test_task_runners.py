@@ -1,14 +1,24 @@
-"""The downstream task runner is picked by config; missing integrations are clear errors."""
+"""The downstream task runner is picked by config; missing integrations are clear errors; the
+Dask runner really runs the training on a local cluster."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import polars as pl
 import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from downstream.layout import FitRecord, Job, RunLayout
+from downstream.suite import train_all
 from flows.userip_flow import per_model_sections
+from quantize.standin import write_standin
 from tasks.runners import task_runner
+from tests.prefect_stack import REPO
 from userip.config import DownstreamConfig
 from userip.errors import ConfigError
 
@@ -19,12 +29,18 @@ def test_local_runner_trains_one_model_at_a_time() -> None:
     assert isinstance(runner, ThreadPoolTaskRunner) and runner._max_workers == 1
 
 
-@pytest.mark.parametrize("kind,package", [("dask", "prefect_dask"), ("ray", "prefect_ray")])
-def test_missing_integration_names_the_package(kind: str, package: str) -> None:
-    if importlib.util.find_spec(package) is not None:
-        pytest.skip(f"{package} is installed here")
-    with pytest.raises(ConfigError, match=f"pip install prefect-{kind}=="):
-        task_runner(kind, 2)
+def test_dask_runner_gives_each_worker_process_one_thread() -> None:
+    """Two fits in threads of one worker would share torch's RNG, as above."""
+    kwargs = task_runner("dask", 3).cluster_kwargs
+    assert (kwargs["n_workers"], kwargs["processes"], kwargs["threads_per_worker"]) == (3, True, 1)
+
+
+def test_missing_integration_names_the_package() -> None:
+    """prefect-ray is not in the lock (prefect-dask is, and is tested below)."""
+    if importlib.util.find_spec("prefect_ray") is not None:
+        pytest.skip("prefect_ray is installed here")
+    with pytest.raises(ConfigError, match="pip install prefect-ray=="):
+        task_runner("ray", 2)
 
 
 def test_per_model_sections_keep_each_models_roles() -> None:
@@ -37,3 +53,46 @@ def test_per_model_sections_keep_each_models_roles() -> None:
     assert all(p["workers"] == 2 for p in parts.values())  # local: processes per model
     on_dask = per_model_sections(section.model_copy(update={"task_runner": "dask"}))
     assert all(p["workers"] == 1 for p in on_dask.values())
+
+
+# Runs in a fresh interpreter, so Prefect's ephemeral server and settings are its own.
+_DASK_RUN = """
+import sys
+from flows.userip_flow import train_models
+from tasks.runners import task_runner
+section, data, codes, run = sys.argv[1:5]
+train_models.with_options(task_runner=task_runner("dask", 2))(json.loads(section), data, codes, run)
+""".replace("import sys", "import json, sys")
+
+
+@pytest.mark.slow
+def test_dask_runner_trains_on_a_local_cluster(ml100k_small_dir: Path, tmp_path: Path) -> None:
+    """The downstream training through Prefect on a real dask.distributed LocalCluster (two
+    worker processes): every fit lands where the suite puts it, equal to the same fits
+    trained in this process."""
+    users = pl.read_parquet(ml100k_small_dir / "users.parquet")["user_id"].to_list()
+    codes = tmp_path / "q"
+    write_standin(users, codes / "userip", method="userip")
+    section = DownstreamConfig(models=("dcn", "lightgbm"), transfer_models=(), ablation_models=("dcn",),
+                               seeds=(0,), epochs=2, batch_size=256, new_user_share=0.0,
+                               task_runner="dask", workers=2)
+    # a temporary Prefect server migrates a fresh database first: slow on a busy 2-core box
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("PREFECT_API_URL", None)
+    on_dask = tmp_path / "dask-run"
+    proc = subprocess.run([sys.executable, "-c", _DASK_RUN, section.model_dump_json(), str(ml100k_small_dir),
+                           str(codes), str(on_dask)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "distributed.deploy.local.LocalCluster" in log  # prefect-dask started the cluster
+    assert log.count("Task run 'train' - Finished in state Completed()") == 2  # one per model
+    local = train_all(section.model_copy(update={"task_runner": "thread"}), ml100k_small_dir,
+                      tmp_path / "local", codes=codes)
+    assert {r.model for r in local} == {"dcn", "lightgbm"}
+    for rec in local:
+        remote = FitRecord.read(RunLayout(on_dask).model_dir(Job(rec.variant, rec.model, rec.seed, rec.protocol)))
+        assert (remote.val_auc, remote.best_epoch, remote.val_auc_history) == \
+            (rec.val_auc, rec.best_epoch, rec.val_auc_history)

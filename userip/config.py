@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from userip.errors import ConfigError
+from userip.hyper import FitSettings, RunSettings
 
 # Seeds go to numpy, torch and FAISS; numpy's legacy seeding and FAISS take 32 bits.
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
@@ -168,23 +169,16 @@ class BankConfig(Section):
         60.0, ge=0, description="the version LATEST named last outlives its replacement this long")
 
 
-class DownstreamConfig(Section):
-    run_fields: ClassVar[frozenset[str]] = frozenset({"threads", "workers", "task_runner"})
+class DownstreamConfig(Section, FitSettings, RunSettings):
+    """What each fit learns from (``FitSettings``) and how fits run (``RunSettings``), both
+    declared in ``userip.hyper``, plus which fits run."""
+    run_fields: ClassVar[frozenset[str]] = frozenset(RunSettings.model_fields)
 
     models: tuple[str, ...] = ("dcn",)
     seeds: tuple[int, ...] = (0, 1, 2)
     ablation_seeds: tuple[int, ...] = Field(
         (), description="seeds of the ablation models on `without`, the Table 4 variants, the stat "
                         "codes and the new-users protocol (the with/without comparisons); empty: `seeds`")
-    epochs: int = Field(50, ge=1, description="cap; the epoch is picked by early stopping on validation AUC")
-    patience: int = Field(3, ge=1, description="stop after this many epochs without a better validation AUC")
-    batch_size: int = Field(1024, ge=1)
-    lr: float = 1e-3
-    embedding_dim: int = Field(8, ge=1)
-    mlp: tuple[int, ...] = (16, 16)
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    cross_layers: int = Field(3, ge=1)
-    use_observed_features: bool = False
     primary_codes: str = Field("userip", description="codes variant trained with every model (Tables 2, 3)")
     transfer_models: tuple[str, ...] = Field(("pnn", "onn", "dcnv2"), description="Table 3: primary codes on these")
     ablation_models: tuple[str, ...] = Field(("dcn",), description="Table 4 / Figs 6-7: other code variants on these")
@@ -195,9 +189,6 @@ class DownstreamConfig(Section):
     stat_codes: bool = Field(
         False, description="also fit label-derived stat codes (like-rate quartile + top category) from "
                            "each user's full and first-half train history: the target-leakage check")
-    threads: int = Field(1, ge=1, description="torch/LightGBM threads per training process")
-    workers: int = Field(1, ge=1, description="training processes run side by side")
-    task_runner: Literal["thread", "dask", "ray"] = "thread"
 
     @field_validator("new_user_share")
     @classmethod

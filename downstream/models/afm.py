@@ -5,12 +5,12 @@ import torch
 from torch import nn
 
 from downstream.layers import FeatureEmbedding, Linear, pair_index
-from downstream.models import register
+from downstream.models import network
 
 ATTENTION_DIM = 8
 
 
-@register("afm")
+@network("afm")
 class AFM(nn.Module):
     def __init__(self, fmap, hp) -> None:
         super().__init__()

@@ -5,12 +5,12 @@ import torch
 from torch import nn
 
 from downstream.layers import FeatureEmbedding, mlp
-from downstream.models import register
+from downstream.models import network
 
 LOG_NEURONS = 16
 
 
-@register("afn")
+@network("afn")
 class AFN(nn.Module):
     def __init__(self, fmap, hp) -> None:
         super().__init__()

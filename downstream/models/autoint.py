@@ -5,12 +5,12 @@ import torch
 from torch import nn
 
 from downstream.layers import FeatureEmbedding, mlp
-from downstream.models import register
+from downstream.models import network
 
 HEADS, LAYERS = 2, 2
 
 
-@register("autoint")
+@network("autoint")
 class AutoInt(nn.Module):
     def __init__(self, fmap, hp) -> None:
         super().__init__()

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from downstream.layers import FeatureEmbedding, mlp
-from downstream.models import register
+from downstream.models import network
+from downstream.models.base import Foldable
 
 
 class CrossNet(nn.Module):
@@ -33,8 +34,8 @@ class CrossNet(nn.Module):
         return a, c
 
 
-@register("dcn")
-class DCN(nn.Module):
+@network("dcn")
+class DCN(nn.Module, Foldable):
     """Every first step on x_0 is linear: the cross dots x_0 . w_l, the head's cross half
     (see ``forward``) and the deep MLP's first layer. They are one product x_0 @ M, and
     since x_0 is a concatenation of field embeddings, M splits by field: ``fold`` turns the
@@ -58,7 +59,7 @@ class DCN(nn.Module):
         return self.from_first_layer(self.embedding(x_cat, x_dense).flatten(1) @ self._first_layer())
 
     def from_first_layer(self, z: torch.Tensor) -> torch.Tensor:
-        """Logits from z = x_0 @ M: head([a * x_0 + c, deep(x_0)]) with the cross half folded
+        """head([a * x_0 + c, deep(x_0)]) with the cross half folded
         into scalars, head_cross . (a * x_0 + c) = a * (x_0 . head_cross) + c . head_cross."""
         layers = len(self.cross.w)
         a, c = self.cross.scale_shift(z[:, :layers])
@@ -68,8 +69,6 @@ class DCN(nn.Module):
 
     def fold(self, user_cat: torch.Tensor, user_dense: torch.Tensor, item_field: int,
              n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(per-user rows, per-item rows) of x_0 @ M; ``user_cat`` holds every field per user
-        (its ``item_field`` column is ignored), the items are indices ``0..n_items - 1``."""
         first = self._first_layer()
         m = first.view(-1, self.embedding.table.embedding_dim, first.shape[1])  # (fields, dim, out)
         emb = self.embedding(user_cat, user_dense)  # (users, fields, dim)

@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from downstream.layers import FeatureEmbedding, mlp
-from downstream.models import register
+from downstream.models import network
 
 
-@register("dcnv2")
+@network("dcnv2")
 class DCNv2(nn.Module):
     def __init__(self, fmap, hp) -> None:
         super().__init__()

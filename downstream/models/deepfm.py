@@ -3,10 +3,10 @@
 from torch import nn
 
 from downstream.layers import FeatureEmbedding, Linear, fm_interaction, mlp
-from downstream.models import register
+from downstream.models import network
 
 
-@register("deepfm")
+@network("deepfm")
 class DeepFM(nn.Module):
     def __init__(self, fmap, hp) -> None:
         super().__init__()

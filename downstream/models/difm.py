@@ -5,12 +5,12 @@ embeddings and the first-order weights of this very input."""
 from torch import nn
 
 from downstream.layers import FeatureEmbedding, fm_interaction, mlp
-from downstream.models import register
+from downstream.models import network
 
 HEADS = 2
 
 
-@register("difm")
+@network("difm")
 class DIFM(nn.Module):
     def __init__(self, fmap, hp) -> None:
         super().__init__()

@@ -4,10 +4,10 @@ pair (i, j) interacts through <v_{i,f_j}, v_{j,f_i}>, plus a linear term."""
 from torch import nn
 
 from downstream.layers import FeatureEmbedding, Linear, field_aware_pairs
-from downstream.models import register
+from downstream.models import network
 
 
-@register("ffm")
+@network("ffm")
 class FFM(nn.Module):
     def __init__(self, fmap, hp) -> None:
         super().__init__()

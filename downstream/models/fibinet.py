@@ -5,12 +5,12 @@ import torch
 from torch import nn
 
 from downstream.layers import FeatureEmbedding, Linear, mlp, pair_index
-from downstream.models import register
+from downstream.models import network
 
 REDUCTION = 3
 
 
-@register("fibinet")
+@network("fibinet")
 class FiBiNet(nn.Module):
     def __init__(self, fmap, hp) -> None:
         super().__init__()

@@ -1,5 +1,6 @@
 """LightGBM (Ke et al. 2017): gradient-boosted trees with every id, attribute and
-profile code as a categorical feature; rounds are early-stopped on validation AUC."""
+profile code as a categorical feature; rounds are early-stopped on validation AUC.
+Saved in LightGBM's own text format (nothing is unpickled on load)."""
 
 from __future__ import annotations
 
@@ -8,43 +9,52 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 
-from downstream.models import register
+from downstream.features import FeatureMap, Split
+from downstream.layout import FitInfo, RunLayout
+from downstream.models import model
+from downstream.models.base import CTRModel
+from userip.hyper import FitSettings
 
 MAX_ROUNDS, PATIENCE = 400, 20
 
 
-@register("lightgbm")
-class LightGBM:
-    def __init__(self, fmap, hp) -> None:
+@model("lightgbm")
+class LightGBM(CTRModel):
+    def __init__(self, fmap: FeatureMap, hp: FitSettings, seed: int) -> None:
         self.n_cat = len(fmap.fields)
+        self.seed = seed
         self.booster: lgb.Booster | None = None
 
-    def _dataset(self, x_cat, x_dense, y=None, reference=None):
-        x = np.hstack([x_cat.astype(np.float64), x_dense.astype(np.float64)])
-        return lgb.Dataset(x, label=y, categorical_feature=list(range(self.n_cat)),
-                           reference=reference, free_raw_data=False)
+    def _dataset(self, split: Split, reference: lgb.Dataset | None = None) -> lgb.Dataset:
+        return lgb.Dataset(_features(split.x_cat, split.x_dense), label=split.y,
+                           categorical_feature=list(range(self.n_cat)), reference=reference,
+                           free_raw_data=False)
 
-    def fit(self, train, valid, *, seed: int, threads: int) -> dict:
+    def fit(self, train: Split, valid: Split, *, threads: int) -> FitInfo:
         params = {"objective": "binary", "metric": "auc", "learning_rate": 0.05,
                   "num_leaves": 31, "min_data_in_leaf": 20, "cat_smooth": 10,
-                  "seed": seed, "num_threads": threads, "verbose": -1,
+                  "seed": self.seed, "num_threads": threads, "verbose": -1,
                   # without these LightGBM picks row- or column-wise histograms by timing
                   # both at start-up, and the two sum in different orders
                   "deterministic": True, "force_col_wise": True}
-        dtrain = self._dataset(*train)
-        dvalid = self._dataset(*valid, reference=dtrain)
+        dtrain = self._dataset(train)
+        dvalid = self._dataset(valid, reference=dtrain)
         self.booster = lgb.train(params, dtrain, MAX_ROUNDS, valid_sets=[dvalid],
                                  callbacks=[lgb.early_stopping(PATIENCE, verbose=False)])
-        return {"best_epoch": int(self.booster.best_iteration),
-                "val_auc": float(self.booster.best_score["valid_0"]["auc"]),
-                "epochs_run": int(self.booster.current_iteration()), "epoch_cap": MAX_ROUNDS}
+        return FitInfo(best_epoch=int(self.booster.best_iteration),
+                       val_auc=float(self.booster.best_score["valid_0"]["auc"]),
+                       epochs_run=int(self.booster.current_iteration()), epoch_cap=MAX_ROUNDS)
 
-    def predict(self, x_cat, x_dense) -> np.ndarray:
-        x = np.hstack([x_cat.astype(np.float64), x_dense.astype(np.float64)])
-        return self.booster.predict(x, num_iteration=self.booster.best_iteration)
+    def predict(self, x_cat: np.ndarray, x_dense: np.ndarray) -> np.ndarray:
+        return self.booster.predict(_features(x_cat, x_dense), num_iteration=self.booster.best_iteration)
 
     def save(self, out_dir: Path) -> None:
-        self.booster.save_model(str(Path(out_dir) / "model.txt"), num_iteration=self.booster.best_iteration)
+        self.booster.save_model(str(Path(out_dir) / RunLayout.LIGHTGBM_MODEL),
+                                num_iteration=self.booster.best_iteration)
 
     def load(self, model_dir: Path) -> None:
-        self.booster = lgb.Booster(model_file=str(Path(model_dir) / "model.txt"))
+        self.booster = lgb.Booster(model_file=str(Path(model_dir) / RunLayout.LIGHTGBM_MODEL))
+
+
+def _features(x_cat: np.ndarray, x_dense: np.ndarray) -> np.ndarray:
+    return np.hstack([x_cat.astype(np.float64), x_dense.astype(np.float64)])

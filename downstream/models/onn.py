@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from downstream.layers import FeatureEmbedding, field_aware_pairs, mlp
-from downstream.models import register
+from downstream.models import network
 
 
-@register("onn")
+@network("onn")
 class ONN(nn.Module):
     def __init__(self, fmap, hp) -> None:
         super().__init__()

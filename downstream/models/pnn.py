@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from downstream.layers import FeatureEmbedding, mlp, pair_index
-from downstream.models import register
+from downstream.models import network
 
 
-@register("pnn")
+@network("pnn")
 class PNN(nn.Module):
     def __init__(self, fmap, hp) -> None:
         super().__init__()

@@ -17,9 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from downstream.layout import ReportMetrics, RunLayout
     from downstream.report import write_report
 
     cfg = load_config(args.config) if args.config else Config()
     write_report(args.run_dir, args.data, cfg.downstream)
-    print(f"wrote {args.run_dir / 'report.md'} and {args.run_dir / 'metrics.json'}")
+    print(f"wrote {RunLayout(args.run_dir).report} and {ReportMetrics.path(args.run_dir)}")
     return 0

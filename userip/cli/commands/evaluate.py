@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from userip.commands.train import add_common
+from userip.cli.commands.train import add_common
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,5 +21,5 @@ def run(args: argparse.Namespace) -> int:
     from downstream.suite import evaluate_all
 
     for m in evaluate_all(args.run_dir, args.data, bank=args.bank):
-        print(json.dumps({k: m[k] for k in ("variant", "model", "seed", "auc", "logloss", "uauc")}))
+        print(json.dumps({k: getattr(m, k) for k in ("variant", "model", "seed", "auc", "logloss", "uauc")}))
     return 0

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline hosts
     from flows.plan import select
     from flows.userip_flow import FULL, userip
-    from userip.summary import summary_table
+    from userip.cli.summary import summary_table
 
     # Settings first: a bad one is one line now, not after a server start (30-60 s).
     overrides = parse_overrides(args.set)

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from userip.errors import UseripError
 
-# Each entry is a module under userip/commands with add_parser(subparsers) and run(args).
+# Each entry is a module under userip/cli/commands with add_parser(subparsers) and run(args).
 COMMANDS = ("prepare", "infer", "quantize", "export", "train", "evaluate", "report", "run")
 
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        importlib.import_module(f"userip.commands.{name}").add_parser(sub)
+        importlib.import_module(f"userip.cli.commands.{name}").add_parser(sub)
     return parser
 
 
@@ -56,5 +56,3 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     records = train_all(section_from(args), args.data, args.run_dir, codes=args.codes, bank=args.bank)
     for r in records:
-        print(json.dumps({k: r[k] for k in ("variant", "model", "seed", "best_epoch", "val_auc", "train_seconds")}))
+        print(json.dumps({k: getattr(r, k) for k in ("variant", "model", "seed", "best_epoch", "val_auc",
+                                                      "train_seconds")}))
     print(f"trained {len(records)} models under {args.run_dir / 'downstream'}")
     return 0
