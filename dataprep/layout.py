@@ -36,7 +36,6 @@ class DataStats(Sidecar):
     """``stats.json``: what the data set holds and what preparing it dropped."""
 
     FILE: ClassVar[str] = "stats.json"
-    INDENT: ClassVar[int] = 2
 
     source: str
     interactions: int

@@ -21,12 +21,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from userip.errors import InputError
 from userip.hyper import FitSettings
+from userip.sidecar import Sidecar
 
 PAPER, NEW_USERS = "paper", "new-users"  # the protocols (see downstream.suite)
 WITHOUT = "without"  # the variant without profile features
@@ -41,38 +42,6 @@ class Job:
     model: str
     seed: int
     protocol: str = PAPER
-
-
-class Sidecar(BaseModel):
-    """A JSON file in a fixed place of a dir; unknown keys are errors. NaN (a UAUC with no
-    user holding both labels) is written as JSON's NaN constant, as ``json.dumps`` does."""
-
-    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
-    FILE: ClassVar[str]
-
-    @classmethod
-    def path(cls, directory: Path) -> Path:
-        return Path(directory) / cls.FILE
-
-    @classmethod
-    def exists(cls, directory: Path) -> bool:
-        return cls.path(directory).is_file()
-
-    @classmethod
-    def read(cls, directory: Path) -> Self:
-        path = cls.path(directory)
-        try:
-            return cls.model_validate_json(path.read_bytes())
-        except FileNotFoundError:
-            raise InputError(f"no {cls.FILE} here", path=str(directory)) from None
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            raise InputError(f"not a {cls.__name__} ({where}: {first['msg']}); written by another "
-                             "userip version? re-run the stage that wrote it", path=str(path)) from None
-
-    def write(self, directory: Path) -> None:
-        self.path(directory).write_text(self.model_dump_json(indent=2))
 
 
 class _Row(BaseModel):
