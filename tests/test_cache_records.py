@@ -38,6 +38,7 @@ def test_stage_tasks_persist_plain_json() -> None:
     assert RESULT_SERIALIZER.object_decoder is None and RESULT_SERIALIZER.type == "json"
 
 
+@pytest.mark.slow  # a subprocess or server start: seconds to minutes
 def test_our_record_is_kept_and_reads_back(storage: Path) -> None:
     store = ResultStore(serializer=RESULT_SERIALIZER)
     store.write(key="k1", obj="/runs/demo/data/abc")

@@ -93,6 +93,7 @@ def test_codebook_larger_than_the_data_is_refused_before_inference(tmp_path: Pat
     assert "stats.json: not a valid stats.json" in err
 
 
+@pytest.mark.slow  # each case starts the CLI in a subprocess
 @pytest.mark.parametrize("argv, expected", [
     (["--set", "prepare.min_core=-3"], "prepare.min_core"),
     (["--set", "nonsense"], "--set expects KEY=VALUE"),

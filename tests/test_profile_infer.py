@@ -137,6 +137,7 @@ def _run_cli(cfg: Path, data: Path, out: Path, extra: list[str] = ()) -> subproc
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # a subprocess or server start: seconds to minutes
 def test_sigkill_and_restart_ends_with_the_same_codes(tiny, tmp_path):
     data = write_data_dir(tmp_path / "data", n_users=40)
     cfg = tmp_path / "c.yaml"
@@ -195,6 +196,7 @@ def test_incremental_refresh_touches_only_given_users(tiny, tmp_path):
     assert after.meta.mode == "incremental" and after.meta.refreshed_users == 2
 
 
+@pytest.mark.slow  # a subprocess or server start: seconds to minutes
 def test_two_torchrun_processes_match_one(tiny, tmp_path):
     data = write_data_dir(tmp_path / "data", n_users=16)
     cfg = tmp_path / "c.yaml"
