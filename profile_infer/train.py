@@ -181,7 +181,7 @@ class Trainer:
                     "grad_rec": grad_rec.norm().item()}
         # γ from the global batch's norms, so N processes take the steps one process would
         norms = dd.all_sum(torch.stack([grad.pow(2).sum(), grad_rec.pow(2).sum()]).double().cpu())
-        gamma = self._gamma(float(norms[0].sqrt()), float(norms[1].sqrt()))
+        gamma = rec_weight(self.cfg, float(norms[0].sqrt()), float(norms[1].sqrt()))
         grad += gamma * grad_rec
         out["gamma"] = gamma * out["batches"]
         if trainable:
@@ -189,13 +189,6 @@ class Trainer:
             st.opt_surrogate.step()
             for f, cb, c in zip(flats, st.codebooks, codes):
                 cb.update(f.detach(), c)
-
-    def _gamma(self, other_norm: float, rec_norm: float) -> float:
-        """γ: fixed, or chosen so that γ·|∇ℓ_rec| is ``rec_grad_share`` of θ's gradient."""
-        share = self.cfg.rec_grad_share
-        if share is None or rec_norm == 0.0:
-            return self.cfg.gamma
-        return share / (1.0 - share) * other_norm / rec_norm
 
     def fit_shared_start(self) -> None:
         """Tune one θ shared by every user on ``shared_steps`` batches of everyone's text and
@@ -429,3 +422,12 @@ class Trainer:
         pr.epoch += 1
         pr.batch = 0
         pr.sums = {}
+
+
+def rec_weight(cfg: ProfileConfig, other_norm: float, rec_norm: float) -> float:
+    """γ of Eq. 7: fixed, or chosen so that γ·|∇ℓ_rec| is ``rec_grad_share`` of θ's
+    gradient (``other_norm``: the norm of the other terms' gradient)."""
+    share = cfg.rec_grad_share
+    if share is None or rec_norm == 0.0:
+        return cfg.gamma
+    return share / (1.0 - share) * other_norm / rec_norm

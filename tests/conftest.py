@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dataprep.pipeline import prepare
+from tests.profile_fixtures import write_tiny_llama
 from userip.config import PrepareConfig
 
 
@@ -24,3 +25,9 @@ def ml100k_small_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ml100k_small") / "data"
     prepare(PrepareConfig(source="movielens-100k", max_users=40), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A 2-layer random-weight Llama with SmolLM2's tokenizer, written once per session."""
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")

@@ -19,17 +19,12 @@ from safetensors.torch import load_file
 from profile_infer import infer
 from profile_infer.layout import Profile
 from profile_infer.model_loading import load_frozen_lm
-from tests.profile_fixtures import write_data_dir, write_tiny_llama
+from tests.profile_fixtures import write_data_dir
 from userip.cli import main as cli_main
 from userip.config import ProfileConfig, load_config
 from userip.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
 
 
 def tiny_cfg(model: Path, **kw) -> ProfileConfig:

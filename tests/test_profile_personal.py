@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -23,17 +22,12 @@ from profile_infer.data import load_profile_data, pack_windows
 from profile_infer.evidence import derangement, gap, lm_evidence
 from profile_infer.layout import Profile
 from profile_infer.model_loading import load_frozen_lm
-from profile_infer.train import Trainer
+from profile_infer.train import rec_weight
 from quantize.evidence import agreement, code_evidence, nmi_test, user_facts
-from tests.profile_fixtures import write_data_dir, write_tiny_llama
+from tests.profile_fixtures import write_data_dir
 from tests.readers_support import write_lines
 from tests.test_readers_amazon import review2018
 from userip.config import PrepareConfig, ProfileConfig
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
 
 
 # ---- behaviour text ---------------------------------------------------------------------
@@ -135,8 +129,8 @@ def test_curves_log_each_terms_gradient_and_gamma_carries_the_share(tiny, tmp_pa
     assert joint["gamma"] != pytest.approx(1.0)  # chosen by the share, not the fixed γ
     # γ such that γ·|∇ℓ_rec| is the share of θ's gradient: share/(1-share)·|rest|/|∇ℓ_rec|
     cfg = ProfileConfig(model=str(tiny), rec_grad_share=0.2)
-    assert Trainer._gamma(SimpleNamespace(cfg=cfg), 3.0, 2.0) == pytest.approx(0.25 * 3.0 / 2.0)
-    assert Trainer._gamma(SimpleNamespace(cfg=cfg), 3.0, 0.0) == cfg.gamma  # nothing to scale
+    assert rec_weight(cfg, 3.0, 2.0) == pytest.approx(0.25 * 3.0 / 2.0)
+    assert rec_weight(cfg, 3.0, 0.0) == cfg.gamma  # nothing to scale
     warm = run.meta.surrogate_warmup
     assert warm["bce_after"] < warm["bce_before"]
 

@@ -8,13 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from profile_infer.model_loading import load_frozen_lm
 from profile_infer.prompt import build_layout, isolation_mask, pad_targets, target_nll
-from tests.profile_fixtures import write_tiny_llama
 from userip.config import ProfileConfig
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
 
 
 def test_mask_blocks_across_profiles_and_opens_for_task(tiny):

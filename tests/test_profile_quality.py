@@ -17,13 +17,8 @@ from profile_infer import infer
 from profile_infer.codebooks import assign_chunked, reseed_dead_codes
 from profile_infer.describe import describe_codes
 from profile_infer.layout import Profile
-from tests.profile_fixtures import write_data_dir, write_tiny_llama
+from tests.profile_fixtures import write_data_dir
 from userip.config import ProfileConfig
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
 
 
 def test_published_profile_is_the_best_epoch_not_the_last(tiny, tmp_path):
