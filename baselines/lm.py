@@ -18,6 +18,7 @@ from typing import Literal
 
 import torch
 
+from baselines.config import LoraConfig
 from userip.errors import ConfigError
 
 IGNORE = -100  # label of positions that carry no LM target (padding, vector rows)
@@ -44,14 +45,6 @@ class SegmentBatch:
     position_ids: torch.Tensor    # [B, T] 0.. over real positions
     labels: torch.Tensor          # [B, T] token id of text positions, IGNORE elsewhere
     answer_pos: torch.Tensor      # [B] index of each row's last real position
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
 
 
 def answer_ids(tokenizer, context: str, answers: Sequence[str]) -> list[int]:
@@ -163,17 +156,17 @@ class SegmentLM:
                           use_cache=False).loss
 
 
-def add_lora(model: torch.nn.Module, lora: LoraSettings) -> torch.nn.Module:
+def add_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
     """Wrap a (frozen) causal LM with fresh trainable LoRA adapters."""
-    from peft import LoraConfig, get_peft_model
+    import peft
 
     missing = [m for m in lora.target_modules
                if not any(name.endswith("." + m) for name, _ in model.named_modules())]
     if missing:
         raise ConfigError(f"LoRA target modules {missing} not found in {type(model).__name__}")
-    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                     target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg)
+    cfg = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    return peft.get_peft_model(model, cfg)
 
 
 def save_adapter(model: torch.nn.Module, folder: Path) -> Path:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from baselines.lm import (IGNORE, LoraSettings, SegmentLM, Text, Vectors, add_lora, answer_ids,
+from baselines.config import LoraConfig
+from baselines.lm import (IGNORE, SegmentLM, Text, Vectors, add_lora, answer_ids,
                           load_adapter, save_adapter)
 from profile_infer.model_loading import load_frozen_lm
 from userip.errors import ConfigError
@@ -104,7 +105,7 @@ def test_answer_ids_come_from_the_tokenizer_in_context(lm: SegmentLM):
 def test_lora_adapter_trains_saves_and_reloads(tmp_path: Path):
     torch.manual_seed(0)
     loaded = load_frozen_lm("smollm2-135m", "cpu")
-    model = add_lora(loaded.model, LoraSettings())
+    model = add_lora(loaded.model, LoraConfig())
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     assert any("q_proj" in n for n in trainable) and any("v_proj" in n for n in trainable)

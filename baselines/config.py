@@ -1,0 +1,46 @@
+"""Config of the LLM baselines: one pydantic section per method, under ``BaselinesConfig``.
+
+Sections follow ``userip.config.Section`` (unknown keys are errors; ``fingerprint()`` gives
+a cache key), so the lead can hang ``BaselinesConfig`` under the main config as
+``baselines:``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from userip.config import Section, Seed
+
+
+class LoraConfig(Section):
+    """peft LoRA settings; the defaults are TALLRec's and CoLLM's (rank 8 on q/v)."""
+
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = Field(("q_proj", "v_proj"), min_length=1)
+
+
+class TallrecConfig(Section):
+    """TALLRec on its own MovieLens-100K protocol. The defaults are the CPU preset
+    (K = 64, seeded 200-sample valid and test subsamples); set ``valid_samples`` and
+    ``test_samples`` to null for the authors' full 1,000 + 1,000 (the GPU preset)."""
+
+    model: str = "smollm2-135m"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    shots: int = Field(64, ge=1, description="K: training samples drawn (seeded) from the train part")
+    seed: Seed = 0
+    epochs: int = Field(4, ge=1, description="epochs over the K samples; the epoch is chosen on validation AUC")
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    valid_samples: int | None = Field(200, ge=1, description="seeded subsample of valid (null: all)")
+    test_samples: int | None = Field(200, ge=1, description="seeded subsample of test (null: all)")
+    eval_batch_size: int = Field(16, ge=1)
+    lora: LoraConfig = LoraConfig()
+
+
+class BaselinesConfig(Section):
+    tallrec: TallrecConfig = TallrecConfig()
