@@ -43,5 +43,26 @@ class TallrecConfig(Section):
     lora: LoraConfig = LoraConfig()
 
 
+class MfConfig(Section):
+    """CoLLM's collaborative model: MF (dot product of user and item embeddings) with BCE
+    and Adam. CoLLM tunes lr in {1e-2, 1e-3, 1e-4}, the size in {64, 128, 256} and the
+    weight decay in 1e-2..1e-7; every grid point is chosen on validation AUC only."""
+
+    dims: tuple[int, ...] = Field((64, 128, 256), min_length=1)
+    lrs: tuple[float, ...] = Field((1e-2, 1e-3, 1e-4), min_length=1)
+    weight_decays: tuple[float, ...] = Field((1e-3, 1e-5, 1e-7), min_length=1)
+    epochs: int = Field(200, ge=1, description="cap; early stop on valid AUC")
+    patience: int = Field(10, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    seed: Seed = 0
+    warm_min_count: int = Field(
+        3, ge=1, description="warm test rows: user and item each seen this often in train (CoLLM Fig. 3)")
+
+
+class CollmConfig(Section):
+    mf: MfConfig = MfConfig()
+
+
 class BaselinesConfig(Section):
     tallrec: TallrecConfig = TallrecConfig()
+    collm: CollmConfig = CollmConfig()

@@ -4,13 +4,16 @@ A prompt is a list of segments: ``Text`` (tokenized) and ``Vectors`` (rows writt
 into the input embeddings, e.g. CoLLM's mapped MF vectors). ``SegmentLM.embed`` turns a batch
 of prompts into ``inputs_embeds`` + attention mask + position ids, with left or right
 padding; no placeholder token ids are ever put into the sequence. Scoring runs one forward
-pass and asks the LM head only for the answer position (the last real token of each row).
+pass and asks the LM head only for the answer position (the last real token of each row);
+a prefix shared by many prompts can run once (``SegmentLM.prefix``) and be reused from the
+LM's key/value cache.
 Answer ids ("Yes" / "No") are resolved from the tokenizer in the context they follow and
 must be exactly one token each. LoRA is ``peft``'s.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,20 @@ from baselines.config import LoraConfig
 from userip.errors import ConfigError
 
 IGNORE = -100  # label of positions that carry no LM target (padding, vector rows)
+
+
+@dataclass(frozen=True)
+class Prefix:
+    cache: object  # the LM's key/value cache of the prefix, batch 1
+    length: int
+
+
+def splits_cleanly(tokenizer, prefix: str, rest: str) -> bool:
+    """Whether ``prefix + rest`` tokenizes as the prefix's tokens then the rest's, so that a
+    cached prefix gives the same scores as the whole prompt."""
+    whole = tokenizer(prefix + rest).input_ids
+    return whole == (tokenizer(prefix).input_ids
+                     + tokenizer(rest, add_special_tokens=False).input_ids)
 
 
 @dataclass(frozen=True)
@@ -80,9 +97,11 @@ class SegmentLM:
     def hidden_size(self) -> int:
         return self.model.get_input_embeddings().embedding_dim
 
-    def _pieces(self, prompt: Sequence[Segment]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _pieces(self, prompt: Sequence[Segment],
+                continuation: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(embeddings [n, d], labels [n]) per run: adjacent Text segments are tokenized as one
-        string, so a text-only prompt reads exactly as its concatenation would."""
+        string, so a text-only prompt reads exactly as its concatenation would. The first run
+        gets the tokenizer's special tokens (BOS) unless the prompt continues a prefix."""
         emb = self.model.get_input_embeddings()
         runs: list[str | torch.Tensor] = []
         for seg in prompt:
@@ -103,7 +122,7 @@ class SegmentLM:
         out = []
         for k, run in enumerate(runs):
             if isinstance(run, str):
-                ids = self.tokenizer(run, add_special_tokens=k == 0).input_ids
+                ids = self.tokenizer(run, add_special_tokens=k == 0 and not continuation).input_ids
                 t = torch.tensor(ids, dtype=torch.long, device=self.device)
                 out.append((emb(t), t))
             else:
@@ -113,10 +132,12 @@ class SegmentLM:
             raise ConfigError("empty prompt: no tokens and no vectors")
         return out
 
-    def embed(self, prompts: Sequence[Sequence[Segment]], padding: Padding = "left") -> SegmentBatch:
+    def embed(self, prompts: Sequence[Sequence[Segment]], padding: Padding = "left",
+              continuation: bool = False) -> SegmentBatch:
+        """Prompts as one padded batch; ``continuation``: they follow a ``Prefix``."""
         rows = []
         for prompt in prompts:
-            pieces = self._pieces(prompt)
+            pieces = self._pieces(prompt, continuation)
             rows.append((torch.cat([e for e, _ in pieces]), torch.cat([t for _, t in pieces])))
         if not rows:
             raise ConfigError("empty batch: no prompts")
@@ -135,18 +156,36 @@ class SegmentLM:
         answer = torch.full_like(lengths, length - 1) if padding == "left" else lengths - 1
         return SegmentBatch(embeds, mask, positions, labels, answer)
 
-    def answer_logits(self, batch: SegmentBatch) -> torch.Tensor:
-        """Full-vocabulary logits [B, V] at each row's answer position, from one forward pass
-        in which the LM head sees only the answer positions."""
-        keep = torch.unique(batch.answer_pos)
+    @torch.no_grad()
+    def prefix(self, segments: Sequence[Segment]) -> Prefix:
+        """Run a prompt prefix shared by many prompts once; score them with ``prefix=``."""
+        batch = self.embed([segments])
         out = self.model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                         position_ids=batch.position_ids, logits_to_keep=keep, use_cache=False)
+                         position_ids=batch.position_ids, use_cache=True)
+        return Prefix(out.past_key_values, batch.inputs_embeds.shape[1])
+
+    def answer_logits(self, batch: SegmentBatch, prefix: Prefix | None = None) -> torch.Tensor:
+        """Full-vocabulary logits [B, V] at each row's answer position, from one forward pass
+        in which the LM head sees only the answer positions. With ``prefix`` the batch (built
+        with ``continuation=True``) follows that prefix's cached keys and values."""
+        keep = torch.unique(batch.answer_pos)
+        mask, positions, cache = batch.attention_mask, batch.position_ids, None
+        if prefix is not None:
+            rows = mask.shape[0]
+            cache = copy.deepcopy(prefix.cache)
+            cache.batch_repeat_interleave(rows)
+            mask = torch.cat([mask.new_ones(rows, prefix.length), mask], dim=1)
+            positions = positions + prefix.length
+        out = self.model(inputs_embeds=batch.inputs_embeds, attention_mask=mask,
+                         position_ids=positions, past_key_values=cache, logits_to_keep=keep,
+                         use_cache=cache is not None)
         col = torch.searchsorted(keep, batch.answer_pos)
         return out.logits[torch.arange(len(col), device=col.device), col]
 
-    def yes_prob(self, batch: SegmentBatch, yes_no: Sequence[int]) -> torch.Tensor:
+    def yes_prob(self, batch: SegmentBatch, yes_no: Sequence[int],
+                 prefix: Prefix | None = None) -> torch.Tensor:
         """P("Yes") of the two-way softmax over the Yes/No logits at the answer position."""
-        logits = self.answer_logits(batch)[:, list(yes_no)].float()
+        logits = self.answer_logits(batch, prefix)[:, list(yes_no)].float()
         return torch.softmax(logits, dim=-1)[:, 0]
 
     def lm_loss(self, batch: SegmentBatch) -> torch.Tensor:

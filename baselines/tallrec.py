@@ -2,8 +2,9 @@
 
 K training samples are drawn (seeded) from the train part; LoRA is tuned with the LM loss
 over the whole prompt and its answer ("Yes." / "No." and eos); the score is P("Yes") of the
-Yes/No softmax at the answer position. The epoch (0 = the untuned LM) is chosen on
-validation AUC; test is scored once, with the chosen adapter.
+Yes/No softmax at the answer position (the template head shared by all prompts runs once
+per scoring pass). The epoch (0 = the untuned LM) is chosen on validation AUC; test is
+scored once, with the chosen adapter.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from baselines.config import TallrecConfig
-from baselines.lm import SegmentLM, Text, add_lora, answer_ids, save_adapter
-from baselines.tallrec_data import Sample, build_samples, split_samples
+from baselines.lm import SegmentLM, Text, add_lora, answer_ids, save_adapter, splits_cleanly
+from baselines.tallrec_data import HEAD, TAIL, Sample, build_samples, split_samples
 from downstream.metrics import ctr_metrics
 from profile_infer.model_loading import load_frozen_lm
 from userip.errors import ConfigError
@@ -78,7 +79,9 @@ def _batches(items: Sequence[Sample], size: int) -> Iterator[Sequence[Sample]]:
 
 
 class Scorer:
-    """P("Yes") for TALLRec prompts, counting the tokens it runs."""
+    """P("Yes") for TALLRec prompts, counting the tokens it runs. The template head that
+    every prompt shares runs once per call and is reused from the LM's cache, unless the
+    tokenizer merges tokens across its boundary (then every prompt runs whole)."""
 
     def __init__(self, lm: SegmentLM, batch_size: int, context: str) -> None:
         self.lm, self.batch_size, self.tokens = lm, batch_size, 0
@@ -87,11 +90,16 @@ class Scorer:
     @torch.no_grad()
     def __call__(self, samples: Sequence[Sample]) -> np.ndarray:
         self.lm.model.eval()
+        reuse = all(splits_cleanly(self.lm.tokenizer, HEAD, s.input + TAIL) for s in samples)
+        prefix = self.lm.prefix([Text(HEAD)]) if reuse else None
+        if prefix is not None:
+            self.tokens += prefix.length
         out = []
         for chunk in _batches(samples, self.batch_size):
-            batch = self.lm.embed([[Text(s.prompt)] for s in chunk], padding="left")
+            texts = [[Text(s.input + TAIL if reuse else s.prompt)] for s in chunk]
+            batch = self.lm.embed(texts, padding="left", continuation=reuse)
             self.tokens += int(batch.attention_mask.sum())
-            out.append(self.lm.yes_prob(batch, self.yes_no).cpu().numpy())
+            out.append(self.lm.yes_prob(batch, self.yes_no, prefix).cpu().numpy())
         return np.concatenate(out)
 
 

@@ -21,10 +21,12 @@ from userip.errors import InputError
 
 INSTRUCTION = ("Given the user's preference and unpreference, identify whether the user will "
                "like the target movie by answering \"Yes.\" or \"No.\".")
-# The Alpaca template TALLRec trains and scores with; the answer follows its last newline.
-TEMPLATE = ("Below is an instruction that describes a task, paired with an input that provides "
-            "further context. Write a response that appropriately completes the request.\n\n"
-            "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+# The Alpaca template TALLRec trains and scores with: HEAD + input + TAIL; the answer
+# follows TAIL's last newline. HEAD is the same for every sample (a cacheable prefix).
+HEAD = ("Below is an instruction that describes a task, paired with an input that provides "
+        "further context. Write a response that appropriately completes the request.\n\n"
+        f"### Instruction:\n{INSTRUCTION}\n\n### Input:\n")
+TAIL = "\n\n### Response:\n"
 HISTORY = 10
 LIKE_ABOVE = 3.0
 LAST = 10_000
@@ -44,7 +46,7 @@ class Sample:
 
     @property
     def prompt(self) -> str:
-        return TEMPLATE.format(instruction=INSTRUCTION, input=self.input)
+        return HEAD + self.input + TAIL
 
 
 @dataclass(frozen=True)

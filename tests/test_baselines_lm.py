@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from baselines.config import LoraConfig
-from baselines.lm import (IGNORE, SegmentLM, Text, Vectors, add_lora, answer_ids,
+from baselines.lm import (IGNORE, SegmentLM, Text, Vectors, add_lora, answer_ids, splits_cleanly,
                           load_adapter, save_adapter)
 from profile_infer.model_loading import load_frozen_lm
 from userip.errors import ConfigError
@@ -136,3 +136,19 @@ def test_lora_adapter_trains_saves_and_reloads(tmp_path: Path):
     assert not torch.allclose(base, before, atol=1e-6)  # the adapter changed the scores
     with pytest.raises(ConfigError, match="no LoRA adapter"):
         load_adapter(fresh.model, tmp_path)
+
+
+@torch.no_grad()
+def test_a_cached_prefix_gives_the_whole_prompts_scores(lm: SegmentLM):
+    head = "Below is an instruction.\n\n### Input:\n"
+    rests = ['User Preference: "Heat (1995)"\n\n### Response:\n',
+             'User Preference: "Alien (1979)", "Babe (1995)", "Ran (1985)"\n\n### Response:\n']
+    assert all(splits_cleanly(lm.tokenizer, head, r) for r in rests)
+    assert not splits_cleanly(lm.tokenizer, "Below is an instruc", "tion.")
+    yes_no = answer_ids(lm.tokenizer, head + rests[0], ["Yes", "No"])
+    whole = lm.yes_prob(lm.embed([[Text(head + r)] for r in rests]), yes_no)
+    prefix = lm.prefix([Text(head)])
+    for padding in ("left", "right"):
+        cached = lm.yes_prob(lm.embed([[Text(r)] for r in rests], padding=padding,
+                                      continuation=True), yes_no, prefix)
+        torch.testing.assert_close(cached, whole, rtol=1e-4, atol=1e-5)
