@@ -67,10 +67,11 @@ def draw(samples: Sequence[Sample], n: int | None, rng: np.random.Generator, wha
 def select_parts(cfg: TallrecConfig) -> Parts:
     """The K-shot train set and the valid/test subsamples of the authors' split, seeded."""
     splits = split_samples(build_samples())
-    rng = np.random.default_rng(cfg.seed)
-    return Parts(draw(splits.train, cfg.shots, rng, "shots"),
-                 draw(splits.valid, cfg.valid_samples, rng, "valid_samples"),
-                 draw(splits.test, cfg.test_samples, rng, "test_samples"))
+    # one stream per part, so the valid/test subsamples stay the same whatever K is
+    rng = [np.random.default_rng((cfg.seed, part)) for part in range(3)]
+    return Parts(draw(splits.train, cfg.shots, rng[0], "shots"),
+                 draw(splits.valid, cfg.valid_samples, rng[1], "valid_samples"),
+                 draw(splits.test, cfg.test_samples, rng[2], "test_samples"))
 
 
 def _batches(items: Sequence[Sample], size: int) -> Iterator[Sequence[Sample]]:

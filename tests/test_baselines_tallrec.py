@@ -28,6 +28,8 @@ def test_k_shot_draw_is_seeded_and_in_list_order(splits):
     b = select_parts(TallrecConfig(shots=16, valid_samples=10, test_samples=20, seed=3))
     c = select_parts(TallrecConfig(shots=16, valid_samples=10, test_samples=20, seed=4))
     assert a == b and a.train != c.train
+    other_k = select_parts(TallrecConfig(shots=256, valid_samples=10, test_samples=20, seed=3))
+    assert other_k.valid == a.valid and other_k.test == a.test  # K does not move the subsamples
     assert (len(a.train), len(a.valid), len(a.test)) == (16, 10, 20)
     assert [s in splits.train for s in a.train] == [True] * 16
     assert [s in splits.test for s in a.test] == [True] * 20
