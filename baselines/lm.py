@@ -135,6 +135,8 @@ class SegmentLM:
     def embed(self, prompts: Sequence[Sequence[Segment]], padding: Padding = "left",
               continuation: bool = False) -> SegmentBatch:
         """Prompts as one padded batch; ``continuation``: they follow a ``Prefix``."""
+        if padding not in ("left", "right"):
+            raise ConfigError(f"padding must be 'left' or 'right', got {padding!r}")
         rows = []
         for prompt in prompts:
             pieces = self._pieces(prompt, continuation)

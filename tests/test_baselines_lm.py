@@ -71,6 +71,8 @@ def test_bad_vectors_are_one_clear_error(lm: SegmentLM):
         lm.embed([[Text("a"), Vectors(torch.zeros(2, 7))]])
     with pytest.raises(ConfigError, match="empty prompt"):
         lm.embed([[Text("")]])
+    with pytest.raises(ConfigError, match="padding must be 'left' or 'right', got 'middle'"):
+        lm.embed([[Text("a")]], padding="middle")
 
 
 @torch.no_grad()
