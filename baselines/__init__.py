@@ -1,0 +1,1 @@
+"""LLM recommenders the papers compare with (TALLRec, CoLLM, KAR), as plain library code."""
