@@ -55,8 +55,10 @@ def behaviour_text(interactions: pl.DataFrame, items: pl.DataFrame, split: str, 
         mark = pl.when(pl.col("rating") >= label_threshold).then(pl.lit(LIKED)).otherwise(pl.lit(DISLIKED))
         phrase = phrase + pl.when(pl.col("rating").is_not_null()).then(pl.lit(": ") + mark).otherwise(pl.lit(""))
     if review_words > 0 and "review" in rows.columns:
-        words = (pl.col("review").str.replace_all(r"\s+", " ").str.strip_chars().str.split(" ").list.head(review_words)
-                 .list.join(" "))
+        # The first words only are looked at: a review is read up to its n-th word, and
+        # the whitespace between those words becomes one space.
+        first = rf"^\s*(\S+(?:\s+\S+){{0,{review_words - 1}}})"
+        words = pl.col("review").str.extract(first, 1).str.replace_all(r"\s+", " ").fill_null("")
         phrase = phrase + pl.when(words.str.len_chars() > 0).then(
             pl.lit(' "') + words + pl.lit('"')).otherwise(pl.lit(""))
     return (
