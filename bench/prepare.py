@@ -13,6 +13,7 @@ the ratios (on a shared box, the CPU ratio is the steadier one).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import psutil
@@ -72,8 +74,9 @@ print(len(df), "interactions kept", file=sys.stderr)
 '''
 
 
-def generate(rows: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Write ``reviews.json`` (``rows`` lines) and ``meta.json`` in the Amazon 2018 format."""
+def generate(rows: int, folder: Path, seed: int = 0, gz: bool = False) -> tuple[Path, Path]:
+    """Write ``reviews.json`` (``rows`` lines) and ``meta.json`` in the Amazon 2018 format;
+    ``gz``: ``reviews.json.gz`` and ``meta.json.gz`` (level 1), for dumps larger than the disk."""
     rng = np.random.default_rng(seed)
     n_users, n_items = max(rows // 8, 10), max(rows // 20, 10)
     # Skewed activity, as in real dumps: a few heavy users and best sellers.
@@ -86,8 +89,9 @@ def generate(rows: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
     texts = rng.integers(0, len(pool), size=rows)
     votes = rng.integers(0, 40, size=rows)
     formats = rng.integers(0, len(_FORMATS), size=rows)
-    reviews = folder / "reviews.json"
-    with open(reviews, "w", encoding="utf-8") as fh:
+    suffix = ".json.gz" if gz else ".json"
+    reviews = folder / f"reviews{suffix}"
+    with _open_text(reviews, gz) as fh:
         for r in range(rows):
             ts = int(times[r])
             day = time.gmtime(ts)
@@ -100,8 +104,8 @@ def generate(rows: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
                 f'"reviewerName": "Reviewer {users[r]}", "reviewText": "{pool[texts[r]]}", '
                 f'"summary": "{pool[texts[r]][:30]}", "unixReviewTime": {ts}{vote}}}\n'
             )
-    meta = folder / "meta.json"
-    with open(meta, "w", encoding="utf-8") as fh:
+    meta = folder / f"meta{suffix}"
+    with _open_text(meta, gz) as fh:
         for i in range(n_items):
             cats = list(rng.choice(_CATEGORIES, size=int(rng.integers(1, 4)), replace=False))
             record = {
@@ -113,6 +117,12 @@ def generate(rows: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
             }
             fh.write(json.dumps(record) + "\n")
     return reviews, meta
+
+
+def _open_text(path: Path, gz: bool) -> IO[str]:
+    if gz:
+        return gzip.open(path, "wt", encoding="utf-8", compresslevel=1)
+    return open(path, "w", encoding="utf-8", buffering=1 << 20)
 
 
 def measure(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
