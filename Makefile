@@ -25,6 +25,7 @@ test: install
 	$(BIN)/python -m pytest -q -ra
 
 bench: install
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-bench.lock
 	$(BIN)/python bench/prepare.py
 
 clean:
