@@ -45,10 +45,20 @@ def behaviour_text(interactions: pl.DataFrame, items: pl.DataFrame, split: str, 
 
     Only rows of ``split`` are read, so a train text can never mention a valid/test item.
     """
+    return named_behaviour_text(interactions, item_names(items), split,
+                                label_threshold=label_threshold, feedback=feedback,
+                                review_words=review_words)
+
+
+def named_behaviour_text(interactions: pl.DataFrame, names: pl.DataFrame, split: str, *,
+                         label_threshold: float, feedback: bool,
+                         review_words: int) -> pl.DataFrame:
+    """``behaviour_text`` with the items' names (``item_names``) worked out once, for a
+    caller that makes the texts of many batches of users."""
     rows = (
         interactions.filter(pl.col("split") == split)
         .sort("user_idx", "ts", "item_idx")
-        .join(item_names(items), on="item_idx", how="left", maintain_order="left")
+        .join(names, on="item_idx", how="left", maintain_order="left")
     )
     phrase = pl.col("name").fill_null("an item")
     if feedback:

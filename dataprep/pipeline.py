@@ -21,7 +21,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dataprep.behaviour import behaviour_text, has_feedback
+from dataprep.behaviour import has_feedback, item_names, named_behaviour_text
 from dataprep.filtering import k_core, latest_per_pair
 from dataprep.readers import get_reader
 from dataprep.readers.base import RawData, RejectLog
@@ -36,10 +36,12 @@ OUTPUT_FILES = (
     "interactions.parquet", "items.parquet", "users.parquet", "behaviour.parquet",
     "behaviour_valid.parquet", "stats.json", "rejects.jsonl",
 )
-# Published rows per batch (whole users, so a long history can make one longer): one
-# batch's texts are all the build holds at a time. A data set of one batch (the MovieLens
-# sets, ~2M raw reviews) is written from memory as it always was.
-BATCH_ROWS = 1 << 20
+# A batch of published rows holds about this many bytes of review text plus ``ROW_BYTES``
+# a row (ids, numbers, its behaviour phrase), in whole users (a long history can make one
+# longer): one batch's texts are what the build holds at a time. A data set of one batch
+# (the MovieLens sets; Amazon dumps up to ~400k reviews) is written as it always was.
+BATCH_BYTES = 256 << 20
+ROW_BYTES = 192
 _ZSTD_LEVEL = 1
 _LZ4 = pa.ipc.IpcWriteOptions(compression="lz4")
 
@@ -89,7 +91,7 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
     ``raw``) is deleted once read.
 
     Ids, ratings and times of every row are held in memory, texts a batch at a time: the
-    published rows are cut into batches of whole users (``BATCH_ROWS``), one pass over the
+    published rows are cut into batches of whole users (``BATCH_BYTES``), one pass over the
     reader's rows puts each batch's review texts in a file of its own (``_spool``), then
     each batch is assembled, its behaviour texts made, and written.
     """
@@ -99,7 +101,7 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
     keys = raw.interactions.select(
         pl.col("user_id").cast(pl.Categorical(pl.Categories.random())),
         pl.col("item_id").cast(pl.Categorical(pl.Categories.random())),
-        "rating", "ts",
+        "rating", "ts", pl.col("review").str.len_bytes().fill_null(0).alias("review_bytes"),
     ).collect(engine="streaming")
     user, item = (keys[c].to_physical().to_numpy() for c in ("user_id", "item_id"))
     ts = keys["ts"].to_numpy()
@@ -130,6 +132,7 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
     picked = pl.Series(rows)
     numbers = pl.DataFrame({"rating": keys["rating"].gather(picked),
                             "ts": keys["ts"].gather(picked)})
+    weights = keys["review_bytes"].gather(picked).to_numpy().astype(np.int64) + ROW_BYTES
     del keys, ts, by, order, picked
 
     meta = raw.items.unique("item_id", keep="first").collect(engine="streaming")
@@ -142,7 +145,8 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
             on="user_id", how="left",
         ).sort("user_idx")
     spool = parts.with_name("spool")
-    bounds = _batch_bounds(user_idx)
+    bounds = _batch_bounds(user_idx, weights)
+    del weights
     reviews = _spool(raw.interactions, rows, bounds, spool)
     with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(1) as writes:
         # Everything raw is read: deleting the parts (kernel time) runs beside the batches.
@@ -152,6 +156,7 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
                 pl.DataFrame({"user_id": user_idx, "item_id": item_idx, "ts": numbers["ts"]}),
                 cfg.split, cfg.split_ratios, cfg.seed)["split"].cast(_SPLITS)
         feedback = has_feedback(numbers)
+        names = item_names(items)
         text_args = dict(label_threshold=cfg.label_threshold, feedback=feedback,
                          review_words=cfg.behaviour_review_words)
         writers = {name: _BatchWriter(out / f"{name}.parquet", len(reviews), writes)
@@ -171,8 +176,8 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
             else:
                 inter = assign_split(inter, cfg.split, cfg.split_ratios, cfg.seed)
             inter = inter.with_columns(_batch_reviews(texts, start, end))
-            train_text = behaviour_text(inter, items, "train", **text_args)
-            valid_text = behaviour_text(inter, items, "valid", **text_args)
+            train_text = named_behaviour_text(inter, names, "train", **text_args)
+            valid_text = named_behaviour_text(inter, names, "valid", **text_args)
             totals.add(inter, train_text)
             for name, frame in (("interactions", inter), ("behaviour", train_text),
                                 ("behaviour_valid", valid_text)):
@@ -193,11 +198,12 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
 _SPLITS = pl.Enum(["train", "valid", "test"])
 
 
-def _batch_bounds(user_idx: np.ndarray) -> np.ndarray:
-    """Where the batches of the published rows start, then the end: about ``BATCH_ROWS``
-    rows each, cut only where a user's rows begin (``user_idx`` is sorted)."""
+def _batch_bounds(user_idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Where the batches of the published rows start, then the end: about ``BATCH_BYTES``
+    of ``weights`` each, cut only where a user's rows begin (``user_idx`` is sorted)."""
     user_starts = np.flatnonzero(np.r_[True, user_idx[1:] != user_idx[:-1]])
-    at = np.searchsorted(user_starts, np.arange(0, len(user_idx), BATCH_ROWS))
+    before = (np.cumsum(weights) - weights)[user_starts]  # the weight of the rows before
+    at = np.searchsorted(before, np.arange(0, int(weights.sum()), BATCH_BYTES))
     return np.append(np.unique(user_starts[at[at < len(user_starts)]]), len(user_idx))
 
 
@@ -207,7 +213,7 @@ def _spool(frame: pl.LazyFrame, rows: np.ndarray, bounds: np.ndarray,
     in published order), with its published position, in the file of its batch; one pass
     over ``frame`` in row order, a chunk at a time. Returns the batches' files."""
     folder.mkdir()
-    position = np.full(int(rows.max()) + 1, -1, np.int64)
+    position = np.full(int(rows.max()) + 1, -1, np.int32 if len(rows) < 2**31 else np.int64)
     position[rows] = np.arange(len(rows))
     paths = [folder / f"reviews-{batch:06d}.arrow" for batch in range(len(bounds) - 1)]
     writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}

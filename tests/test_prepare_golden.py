@@ -119,7 +119,7 @@ def test_tiny_chunks_and_batches_change_no_row(tmp_path: Path,
     cfgs = {name: cfg for name, cfg in cases(tmp_path).items() if name != "ml1m"}
     whole = run_all(tmp_path, cfgs)
     monkeypatch.setattr(jsonl, "CHUNK_BYTES", 1 << 16)
-    monkeypatch.setattr(pipeline, "BATCH_ROWS", 1000)
+    monkeypatch.setattr(pipeline, "BATCH_BYTES", 200_000)
     batched = run_all(tmp_path, cfgs, "-batched")
     for name in cfgs:
         for file in pipeline.OUTPUT_FILES:
@@ -129,7 +129,7 @@ def test_tiny_chunks_and_batches_change_no_row(tmp_path: Path,
             else:
                 assert b.read_bytes() == a.read_bytes(), (name, file)
         rows = json.loads((whole[name] / "stats.json").read_text())["interactions"]
-        assert rows > 2 * pipeline.BATCH_ROWS, name  # several batches
+        assert rows * pipeline.ROW_BYTES > 2 * pipeline.BATCH_BYTES, name  # several batches
 
 
 if __name__ == "__main__":  # record the hashes: python -m tests.test_prepare_golden --write
