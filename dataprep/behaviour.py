@@ -67,8 +67,11 @@ def named_behaviour_text(interactions: pl.DataFrame, names: pl.DataFrame, split:
     if review_words > 0 and "review" in rows.columns:
         # The first words only are looked at: a review is read up to its n-th word, and
         # the whitespace between those words becomes one space.
+        # They are a column of their own: an expression used twice would be worked out twice.
         first = rf"^\s*(\S+(?:\s+\S+){{0,{review_words - 1}}})"
-        words = pl.col("review").str.extract(first, 1).str.replace_all(r"\s+", " ").fill_null("")
+        rows = rows.with_columns(pl.col("review").str.extract(first, 1)
+                                 .str.replace_all(r"\s+", " ").fill_null("").alias("_words"))
+        words = pl.col("_words")
         phrase = phrase + pl.when(words.str.len_chars() > 0).then(
             pl.lit(' "') + words + pl.lit('"')).otherwise(pl.lit(""))
     return (

@@ -44,6 +44,7 @@ BATCH_BYTES = 256 << 20
 ROW_BYTES = 192
 _ZSTD_LEVEL = 1
 _LZ4 = pa.ipc.IpcWriteOptions(compression="lz4")
+_ARROW = pl.CompatLevel.newest()  # string views, handed to pyarrow without a copy
 
 
 def prepare(cfg: PrepareConfig, out_dir: Path) -> dict[str, Any]:
@@ -175,7 +176,7 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
                 inter = inter.with_columns(whole_split.slice(start, end - start).cast(pl.String))
             else:
                 inter = assign_split(inter, cfg.split, cfg.split_ratios, cfg.seed)
-            inter = inter.with_columns(_batch_reviews(texts, start, end))
+            inter = inter.with_columns(_batch_reviews(texts))
             train_text = named_behaviour_text(inter, names, "train", **text_args)
             valid_text = named_behaviour_text(inter, names, "valid", **text_args)
             totals.add(inter, train_text)
@@ -228,8 +229,8 @@ def _spool(frame: pl.LazyFrame, rows: np.ndarray, bounds: np.ndarray,
             batch = np.searchsorted(bounds, at[kept], side="right") - 1
             grouped = np.argsort(batch, kind="stable")
             kept, batch = kept[grouped], batch[grouped]
-            texts = pl.DataFrame({"pos": at[kept],
-                                  "review": chunk["review"].gather(kept)}).to_arrow()
+            texts = pl.DataFrame({"pos": at[kept], "review": chunk["review"].gather(kept)})
+            texts = texts.to_arrow(compat_level=_ARROW)
             cuts = np.flatnonzero(np.diff(batch)) + 1
             for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(batch)]):
                 b = int(batch[lo])
@@ -242,13 +243,12 @@ def _spool(frame: pl.LazyFrame, rows: np.ndarray, bounds: np.ndarray,
     return paths
 
 
-def _batch_reviews(path: Path, start: int, end: int) -> pl.Series:
-    """The review texts of published rows ``start:end``, in that order, from their file."""
+def _batch_reviews(path: Path) -> pl.Series:
+    """The review texts of one batch, in published order, from their file (which holds
+    each of the batch's positions once)."""
     texts = pl.read_ipc(path)
     path.unlink()
-    at = np.empty(end - start, np.int64)
-    at[texts["pos"].to_numpy() - start] = np.arange(texts.height)
-    return texts["review"].gather(at)
+    return texts.sort("pos")["review"]
 
 
 class _BatchWriter:
@@ -267,7 +267,7 @@ class _BatchWriter:
         if self.batches == 1:
             self.pending.append(self.pool.submit(_write, frame.rechunk(), self.path))
             return
-        table = frame.to_arrow()
+        table = frame.to_arrow(compat_level=_ARROW)
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd",
                                            compression_level=_ZSTD_LEVEL)
