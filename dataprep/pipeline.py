@@ -39,9 +39,9 @@ OUTPUT_FILES = (
 # A batch of published rows holds about this many bytes of review text plus ``ROW_BYTES``
 # a row (ids, numbers, its behaviour phrase), in whole users (a long history can make one
 # longer): one batch's texts are what the build holds at a time. A data set of one batch
-# (the MovieLens sets; Amazon dumps up to ~400k reviews) is written as it always was.
-BATCH_BYTES = 256 << 20
-ROW_BYTES = 192
+# (the MovieLens sets; Amazon dumps up to ~250k reviews) is written as it always was.
+BATCH_BYTES = 128 << 20
+ROW_BYTES = 96
 _ZSTD_LEVEL = 1
 _LZ4 = pa.ipc.IpcWriteOptions(compression="lz4")
 _ARROW = pl.CompatLevel.newest()  # string views, handed to pyarrow without a copy
@@ -99,11 +99,13 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
     # Filtering runs on the integer codes of categorical ids, with categories private to
     # this run so the codes are dense (numpy counts and indexes by them); strings come
     # back for the kept rows only.
-    keys = raw.interactions.select(
+    # Taken a batch at a time: a query collected whole keeps every part it read mapped,
+    # and the review column it measures would count in this process's memory.
+    keys = pl.concat(raw.interactions.select(
         pl.col("user_id").cast(pl.Categorical(pl.Categories.random())),
         pl.col("item_id").cast(pl.Categorical(pl.Categories.random())),
         "rating", "ts", pl.col("review").str.len_bytes().fill_null(0).alias("review_bytes"),
-    ).collect(engine="streaming")
+    ).collect_batches(), rechunk=True)
     user, item = (keys[c].to_physical().to_numpy() for c in ("user_id", "item_id"))
     ts = keys["ts"].to_numpy()
     unique_rows = latest_per_pair(user, item, ts)
