@@ -232,7 +232,7 @@ def _spool(frame: pl.LazyFrame, rows: np.ndarray, bounds: np.ndarray,
             grouped = np.argsort(batch, kind="stable")
             kept, batch = kept[grouped], batch[grouped]
             texts = pl.DataFrame({"pos": at[kept], "review": chunk["review"].gather(kept)})
-            texts = texts.to_arrow(compat_level=_ARROW)
+            texts = texts.to_arrow()  # compact: views would carry the whole chunk's text
             cuts = np.flatnonzero(np.diff(batch)) + 1
             for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(batch)]):
                 b = int(batch[lo])
