@@ -33,6 +33,7 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-bench.lock
 	$(BIN)/python bench/prepare.py
 
 clean:

@@ -45,18 +45,33 @@ def behaviour_text(interactions: pl.DataFrame, items: pl.DataFrame, split: str, 
 
     Only rows of ``split`` are read, so a train text can never mention a valid/test item.
     """
+    return named_behaviour_text(interactions, item_names(items), split,
+                                label_threshold=label_threshold, feedback=feedback,
+                                review_words=review_words)
+
+
+def named_behaviour_text(interactions: pl.DataFrame, names: pl.DataFrame, split: str, *,
+                         label_threshold: float, feedback: bool,
+                         review_words: int) -> pl.DataFrame:
+    """``behaviour_text`` with the items' names (``item_names``) worked out once, for a
+    caller that makes the texts of many batches of users."""
     rows = (
         interactions.filter(pl.col("split") == split)
         .sort("user_idx", "ts", "item_idx")
-        .join(item_names(items), on="item_idx", how="left", maintain_order="left")
+        .join(names, on="item_idx", how="left", maintain_order="left")
     )
     phrase = pl.col("name").fill_null("an item")
     if feedback:
         mark = pl.when(pl.col("rating") >= label_threshold).then(pl.lit(LIKED)).otherwise(pl.lit(DISLIKED))
         phrase = phrase + pl.when(pl.col("rating").is_not_null()).then(pl.lit(": ") + mark).otherwise(pl.lit(""))
     if review_words > 0 and "review" in rows.columns:
-        words = (pl.col("review").str.replace_all(r"\s+", " ").str.strip_chars().str.split(" ").list.head(review_words)
-                 .list.join(" "))
+        # The first words only are looked at: a review is read up to its n-th word, and
+        # the whitespace between those words becomes one space.
+        # They are a column of their own: an expression used twice would be worked out twice.
+        first = rf"^\s*(\S+(?:\s+\S+){{0,{review_words - 1}}})"
+        rows = rows.with_columns(pl.col("review").str.extract(first, 1)
+                                 .str.replace_all(r"\s+", " ").fill_null("").alias("_words"))
+        words = pl.col("_words")
         phrase = phrase + pl.when(words.str.len_chars() > 0).then(
             pl.lit(' "') + words + pl.lit('"')).otherwise(pl.lit(""))
     return (

@@ -220,12 +220,18 @@ def _blocks(path: Path, size: int) -> Iterator[bytes | _Damage]:
 def _line_aligned(mapped: mmap.mmap, size: int) -> Iterator[bytes]:
     """Blocks of a mapped plain file cut after a line end where one is in reach: each
     is then a whole chunk, with no copy to glue a line back together."""
-    start, total = 0, len(mapped)
+    start, released, total = 0, 0, len(mapped)
     while start < total:
         end = min(start + size, total)
         if end < total:
             end = mapped.rfind(b"\n", start, end) + 1 or end
         yield mapped[start:end]
+        # The block was copied: its pages leave this process's memory (the page cache keeps
+        # them), so a file of any size costs one block of resident memory, not its size.
+        upto = end - end % mmap.PAGESIZE
+        if upto > released:
+            mapped.madvise(mmap.MADV_DONTNEED, released, upto - released)
+            released = upto
         start = end
 
 
