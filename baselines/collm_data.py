@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from dataprep.readers.movielens import package_dataset_dir
+from userip.dataprep.readers.movielens import package_dataset_dir
 from userip.errors import InputError
 
 START_YEAR, START_MONTH = 2000, 4

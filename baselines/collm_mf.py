@@ -22,9 +22,9 @@ import torch
 from safetensors.torch import save_file
 from sklearn.metrics import roc_auc_score
 
-from baselines.collm_data import build_split
-from baselines.config import MfConfig
-from downstream.metrics import ctr_metrics
+from userip.baselines.collm_data import build_split
+from userip.baselines.config import MfConfig
+from userip.downstream.metrics import ctr_metrics
 
 log = logging.getLogger(__name__)
 

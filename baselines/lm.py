@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from baselines.config import LoraConfig
+from userip.baselines.config import LoraConfig
 from userip.errors import ConfigError
 
 IGNORE = -100  # label of positions that carry no LM target (padding, vector rows)

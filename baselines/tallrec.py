@@ -21,12 +21,12 @@ import polars as pl
 import torch
 from sklearn.metrics import roc_auc_score
 
-from baselines.config import TallrecConfig
-from baselines.lm import SegmentLM, Text, add_lora, answer_ids, save_adapter, splits_cleanly
-from baselines.tallrec_data import HEAD, TAIL, Sample, build_samples, split_samples
-from downstream.metrics import ctr_metrics
-from profile_infer.model_loading import load_frozen_lm
+from userip.baselines.config import TallrecConfig
+from userip.baselines.lm import SegmentLM, Text, add_lora, answer_ids, save_adapter, splits_cleanly
+from userip.baselines.tallrec_data import HEAD, TAIL, Sample, build_samples, split_samples
+from userip.downstream.metrics import ctr_metrics
 from userip.errors import ConfigError
+from userip.profile_infer.model_loading import load_frozen_lm
 
 log = logging.getLogger(__name__)
 

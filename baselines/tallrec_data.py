@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from dataprep.readers.movielens import package_dataset_dir
+from userip.dataprep.readers.movielens import package_dataset_dir
 from userip.errors import InputError
 
 INSTRUCTION = ("Given the user's preference and unpreference, identify whether the user will "

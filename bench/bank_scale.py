@@ -49,8 +49,8 @@ def one_size(n: int, work: Path) -> dict:
     import numpy as np
     import polars as pl
 
-    from feature_bank import FeatureBank, publish
-    from quantize.layout import CODES, ProfileSize, QuantizeMeta
+    from userip.feature_bank import FeatureBank, publish
+    from userip.quantize.layout import CODES, ProfileSize, QuantizeMeta
 
     rng = np.random.default_rng(0)
     codes = work / "codes"

@@ -14,13 +14,13 @@ import json
 import time
 from pathlib import Path
 
-from profile_infer.data import load_profile_data
-from profile_infer.evidence import lm_evidence
-from profile_infer.layout import Profile
-from profile_infer.model_loading import load_frozen_lm
-from profile_infer.prompt import build_layout
-from profile_infer.train import Trainer
 from userip.config import load_config
+from userip.profile_infer.data import load_profile_data
+from userip.profile_infer.evidence import lm_evidence
+from userip.profile_infer.layout import Profile
+from userip.profile_infer.model_loading import load_frozen_lm
+from userip.profile_infer.prompt import build_layout
+from userip.profile_infer.train import Trainer
 
 
 def main() -> None:

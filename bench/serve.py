@@ -31,11 +31,11 @@ import numpy as np
 import polars as pl
 import torch
 
-from downstream.features import load_interactions, load_users, open_codes
-from downstream.train import Scorer, fit, prepare
-from feature_bank import FeatureBank, publish
-from quantize.standin import write_standin
+from userip.downstream.features import load_interactions, load_users, open_codes
+from userip.downstream.train import Scorer, fit, prepare
+from userip.feature_bank import FeatureBank, publish
 from userip.hyper import FitSettings
+from userip.quantize.standin import write_standin
 
 
 def _interleaved_ms(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
@@ -68,8 +68,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="userip-serve-"))
     data = args.data
     if data is None:
-        from dataprep.pipeline import prepare as prepare_data
         from userip.config import PrepareConfig
+        from userip.dataprep.pipeline import prepare as prepare_data
         data = work / "data"
         prepare_data(PrepareConfig(source="movielens-100k"), data)
     users, inter = load_users(data), load_interactions(data)

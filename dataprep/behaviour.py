@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from dataprep.readers.base import CATEGORY_SEP
+from userip.dataprep.readers.base import CATEGORY_SEP
 
 SEPARATOR = "; "
 LIKED, DISLIKED = "liked", "disliked"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from dataprep.layout import BEHAVIOUR
+from userip.dataprep.layout import BEHAVIOUR
 
 
 def changed_users(old_data: Path, new_data: Path) -> list[str]:

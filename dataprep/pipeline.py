@@ -20,14 +20,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dataprep.behaviour import has_feedback, item_names, named_behaviour_text
-from dataprep.filtering import k_core, latest_per_pair
-from dataprep.layout import BEHAVIOUR, BEHAVIOUR_VALID, INTERACTIONS, ITEMS, REJECTS, USERS, DataStats
-from dataprep.readers import get_reader
-from dataprep.readers.base import RawData, RejectLog
-from dataprep.split import assign_split
 from userip.atomic import keep_beside, publish_dir, staging_dir
 from userip.config import PrepareConfig
+from userip.dataprep.behaviour import has_feedback, item_names, named_behaviour_text
+from userip.dataprep.filtering import k_core, latest_per_pair
+from userip.dataprep.layout import BEHAVIOUR, BEHAVIOUR_VALID, INTERACTIONS, ITEMS, REJECTS, USERS, DataStats
+from userip.dataprep.readers import get_reader
+from userip.dataprep.readers.base import RawData, RejectLog
+from userip.dataprep.split import assign_split
 from userip.errors import InputError
 
 log = logging.getLogger(__name__)

@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from dataprep.layout import INTERACTIONS, USERS
-from feature_bank import FeatureBank
-from feature_bank.bank import read_parquet
-from quantize.layout import QuantizeMeta
+from userip.dataprep.layout import INTERACTIONS, USERS
 from userip.errors import InputError
+from userip.feature_bank import FeatureBank
+from userip.feature_bank.bank import read_parquet
 from userip.fingerprint import sha256_file
 from userip.ids import IdIndex
+from userip.quantize.layout import QuantizeMeta
 
 SPLITS = ("train", "valid", "test")
 ITEM_FIELD = 1  # the item is the second field; every other field is per user

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from downstream.features import FeatureMap
+from userip.downstream.features import FeatureMap
 
 # FuxiCTR's defaults (FeatureEmbeddingDict: normal std 1e-4; BaseModel.reset_parameters:
 # xavier_normal_ weights and zero biases for every nn.Linear). Against PyTorch's default

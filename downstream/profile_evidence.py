@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from downstream.table import Column, Table
-from profile_infer.layout import ProfileMeta
+from userip.downstream.table import Column, Table
+from userip.profile_infer.layout import ProfileMeta
 
 # (label, the profile stage's gap figures: own, other, gap, ci95, p_value)
 LM_GAP = Table[tuple[str, dict[str, Any]]]((

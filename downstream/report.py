@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from dataprep.readers.movielens_facts import age_bands
-from downstream.features import load_users, open_codes
-from downstream.layout import (
+from userip.config import DownstreamConfig
+from userip.dataprep.readers.movielens_facts import age_bands
+from userip.downstream.features import load_users, open_codes
+from userip.downstream.layout import (
     NEW_USERS,
     PAPER,
     WITHOUT,
@@ -44,11 +45,10 @@ from downstream.layout import (
     Summaries,
     VariantSummary,
 )
-from downstream.metrics import ACTIVITY_BUCKETS, paired_p_value, ri_auc, ri_logloss
-from downstream.profile_evidence import profile_evidence
-from downstream.suite import STAT_PREFIX, SWEEP_PREFIX, read_held_out, source_of
-from downstream.table import Column, Table
-from userip.config import DownstreamConfig
+from userip.downstream.metrics import ACTIVITY_BUCKETS, paired_p_value, ri_auc, ri_logloss
+from userip.downstream.profile_evidence import profile_evidence
+from userip.downstream.suite import STAT_PREFIX, SWEEP_PREFIX, read_held_out, source_of
+from userip.downstream.table import Column, Table
 from userip.errors import InputError
 
 ABLATION_METHODS = ("userip", "kmeans", "agglomerative", "none")

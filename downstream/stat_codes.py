@@ -25,13 +25,13 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from dataprep.layout import INTERACTIONS, ITEMS
-from dataprep.readers.base import CATEGORY_SEP
-from downstream.features import load_interactions
-from feature_bank.bank import read_parquet
-from quantize.layout import CODES, ProfileSize, QuantizeMeta
+from userip.dataprep.layout import INTERACTIONS, ITEMS
+from userip.dataprep.readers.base import CATEGORY_SEP
+from userip.downstream.features import load_interactions
 from userip.errors import InputError
+from userip.feature_bank.bank import read_parquet
 from userip.fingerprint import hash_paths
+from userip.quantize.layout import CODES, ProfileSize, QuantizeMeta
 
 History = Literal["full", "half"]
 HISTORIES: tuple[History, ...] = ("full", "half")

@@ -29,18 +29,18 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from dataprep.layout import INTERACTIONS
-from downstream.features import CodeSource, load_interactions, load_users, open_codes
-from downstream.layout import NEW_USERS, WITHOUT, FitRecord, HeldOut, Job, JobMetrics, RunLayout
-from downstream.metrics import activity_bucket, auc_by_activity, ctr_metrics
-from downstream.models import MODELS
-from downstream.stat_codes import HISTORIES, write_stat_codes
-from downstream.train import Prepared, Scorer, fit, prepare, users_fingerprint
-from feature_bank import FeatureBank
-from feature_bank.bank import MANIFEST_FILE
-from quantize.layout import SWEEP, QuantizeMeta
 from userip.config import DownstreamConfig
+from userip.dataprep.layout import INTERACTIONS
+from userip.downstream.features import CodeSource, load_interactions, load_users, open_codes
+from userip.downstream.layout import NEW_USERS, WITHOUT, FitRecord, HeldOut, Job, JobMetrics, RunLayout
+from userip.downstream.metrics import activity_bucket, auc_by_activity, ctr_metrics
+from userip.downstream.models import MODELS
+from userip.downstream.stat_codes import HISTORIES, write_stat_codes
+from userip.downstream.train import Prepared, Scorer, fit, prepare, users_fingerprint
 from userip.errors import ConfigError, InputError
+from userip.feature_bank import FeatureBank
+from userip.feature_bank.bank import MANIFEST_FILE
+from userip.quantize.layout import SWEEP, QuantizeMeta
 
 log = logging.getLogger(__name__)
 SWEEP_PREFIX = "sweep-"

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from dataprep.layout import INTERACTIONS
-from downstream.features import (
+from userip.dataprep.layout import INTERACTIONS
+from userip.downstream.features import (
     CodeSource,
     DenseProfiles,
     Encoder,
@@ -31,11 +31,11 @@ from downstream.features import (
     load_interactions,
     load_users,
 )
-from downstream.layout import PAPER, FitRecord
-from downstream.models import build
-from downstream.models.base import CTRModel, ScoreFn
-from feature_bank import FeatureBank, IncompatibleBankError
+from userip.downstream.layout import PAPER, FitRecord
+from userip.downstream.models import build
+from userip.downstream.models.base import CTRModel, ScoreFn
 from userip.errors import ConfigError, InputError
+from userip.feature_bank import FeatureBank, IncompatibleBankError
 from userip.fingerprint import hash_file
 from userip.hyper import FitSettings
 

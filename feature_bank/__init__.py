@@ -10,7 +10,7 @@ Users missing from the bank get the reserved unknown code ``K_m`` (one past the 
 real code of profile m), so a downstream embedding table for profile m has ``K_m + 1`` rows.
 """
 
-from feature_bank.bank import (
+from userip.feature_bank.bank import (
     LATEST,
     UNKNOWN_IS_K,
     BankError,

@@ -36,17 +36,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from feature_bank.index import (
-    HASH_NAME,
-    INDEX_FILE,
-    IndexFileError,
-    UserIndex,
-    new_seed,
-    sorted_hashes,
-    write_index,
-)
-from profile_infer.layout import CODEBOOKS
-from quantize.layout import QuantizeMeta
 from userip.atomic import (
     MARKER,
     check_output_dir,
@@ -57,7 +46,18 @@ from userip.atomic import (
     write_text_atomic,
 )
 from userip.errors import ConfigError, InputError, UseripError
+from userip.feature_bank.index import (
+    HASH_NAME,
+    INDEX_FILE,
+    IndexFileError,
+    UserIndex,
+    new_seed,
+    sorted_hashes,
+    write_index,
+)
 from userip.fingerprint import sha256_file
+from userip.profile_infer.layout import CODEBOOKS
+from userip.quantize.layout import QuantizeMeta
 
 LATEST = "LATEST"
 CODES_FILE = "codes.parquet"

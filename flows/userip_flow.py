@@ -16,14 +16,16 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
-from dataprep.readers import source_inputs
-from downstream.layout import RunLayout
-from feature_bank import FeatureBank
-from flows.plan import Dirs, Stage, StageNotRun, run_plan, select
-from profile_infer.layout import CODEBOOKS
-from profile_infer.model_loading import resolve_model_dir
-from tasks.runners import task_runner
-from tasks.stages import (
+from userip.config import Config, DownstreamConfig, load_config
+from userip.dataprep.readers import source_inputs
+from userip.downstream.layout import RunLayout
+from userip.feature_bank import FeatureBank
+from userip.fingerprint import model_fingerprint
+from userip.flows.plan import Dirs, Stage, StageNotRun, run_plan, select
+from userip.profile_infer.layout import CODEBOOKS
+from userip.profile_infer.model_loading import resolve_model_dir
+from userip.tasks.runners import task_runner
+from userip.tasks.stages import (
     VERSION_RECORD,
     evaluate_task,
     export_task,
@@ -36,8 +38,6 @@ from tasks.stages import (
     run_stage,
     train_task,
 )
-from userip.config import Config, DownstreamConfig, load_config
-from userip.fingerprint import model_fingerprint
 
 
 def _profile_section(cfg: Config) -> dict[str, Any]:

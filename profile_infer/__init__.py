@@ -10,7 +10,7 @@ __all__ = ["infer"]
 def __getattr__(name: str) -> Any:
     """``profile_infer.infer`` without importing torch for readers of ``profile_infer.layout``."""
     if name == "infer":
-        from profile_infer.api import infer
+        from userip.profile_infer.api import infer
 
         return infer
     raise AttributeError(f"module 'profile_infer' has no attribute {name!r}")

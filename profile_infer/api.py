@@ -9,18 +9,18 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from profile_infer import distributed as dd
-from profile_infer.codebooks import codes_frame
-from profile_infer.data import load_profile_data
-from profile_infer.evidence import lm_evidence
-from profile_infer.layout import Profile, ProfileEntry, ProfileMeta
-from profile_infer.model_loading import load_frozen_lm
-from profile_infer.outputs import explanation, publish
-from profile_infer.prompt import build_layout
-from profile_infer.train import Prior, Trainer
 from userip.config import ProfileConfig
 from userip.errors import ConfigError, InputError
 from userip.fingerprint import hash_json, hash_paths
+from userip.profile_infer import distributed as dd
+from userip.profile_infer.codebooks import codes_frame
+from userip.profile_infer.data import load_profile_data
+from userip.profile_infer.evidence import lm_evidence
+from userip.profile_infer.layout import Profile, ProfileEntry, ProfileMeta
+from userip.profile_infer.model_loading import load_frozen_lm
+from userip.profile_infer.outputs import explanation, publish
+from userip.profile_infer.prompt import build_layout
+from userip.profile_infer.train import Prior, Trainer
 
 log = logging.getLogger(__name__)
 

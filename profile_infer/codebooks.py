@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from profile_infer import distributed as dd
+from userip.profile_infer import distributed as dd
 
 SPLIT_ROWS = 65536  # users of the crowded code sampled for the split's k-means
 CHUNK = 65536  # θ rows assigned at a time

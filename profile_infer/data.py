@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from dataprep.behaviour import SEPARATOR
-from dataprep.layout import BEHAVIOUR, BEHAVIOUR_VALID, INTERACTIONS
+from userip.dataprep.behaviour import SEPARATOR
+from userip.dataprep.layout import BEHAVIOUR, BEHAVIOUR_VALID, INTERACTIONS
 from userip.errors import InputError
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import polars as pl
 
-from dataprep.layout import INTERACTIONS, ITEMS, USERS
-from dataprep.readers.base import CATEGORY_SEP
+from userip.dataprep.layout import INTERACTIONS, ITEMS, USERS
+from userip.dataprep.readers.base import CATEGORY_SEP
 
 TOP = 5
 # Typical items must also be in the history of this share of the code's users: ranking by lift

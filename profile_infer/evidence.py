@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from profile_infer.codebooks import assign_chunked
+from userip.profile_infer.codebooks import assign_chunked
 
 
 def derangement(n: int, seed: int) -> np.ndarray:

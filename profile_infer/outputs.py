@@ -15,8 +15,10 @@ import polars as pl
 import torch
 from safetensors.torch import save_file
 
-from profile_infer.describe import TYPICAL_ITEM_MIN_USER_SHARE, describe_codes
-from profile_infer.layout import (
+from userip.atomic import publish_dir, staging_dir
+from userip.config import ProfileConfig
+from userip.profile_infer.describe import TYPICAL_ITEM_MIN_USER_SHARE, describe_codes
+from userip.profile_infer.layout import (
     CODEBOOKS,
     CODES,
     CURVE_FIELDS,
@@ -28,8 +30,6 @@ from profile_infer.layout import (
     THETA,
     ProfileMeta,
 )
-from userip.atomic import publish_dir, staging_dir
-from userip.config import ProfileConfig
 
 
 def nearest_tokens(vectors: torch.Tensor, embeddings: torch.Tensor, tokenizer,

@@ -10,11 +10,11 @@ import logging
 import shutil
 from pathlib import Path
 
-from dataprep.changes import changed_users
-from profile_infer.api import infer
-from profile_infer.layout import STAGE, ProfileMeta
 from userip.atomic import publish_dir
 from userip.config import ProfileConfig
+from userip.dataprep.changes import changed_users
+from userip.profile_infer.api import infer
+from userip.profile_infer.layout import STAGE, ProfileMeta
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from profile_infer.codebooks import EMACodebook
-from profile_infer.surrogate import SurrogateDCN
-from profile_infer.theta import RowAdamW
+from userip.profile_infer.codebooks import EMACodebook
+from userip.profile_infer.surrogate import SurrogateDCN
+from userip.profile_infer.theta import RowAdamW
 
 
 @dataclass

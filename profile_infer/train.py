@@ -27,21 +27,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from profile_infer import distributed as dd
-from profile_infer.checkpoint import Checkpointer
-from profile_infer.codebooks import (
+from userip.config import ProfileConfig
+from userip.profile_infer import distributed as dd
+from userip.profile_infer.checkpoint import Checkpointer
+from userip.profile_infer.codebooks import (
     EMACodebook,
     assign_chunked,
     kmeans_codebook,
     nearest_codes,
     reseed_dead_codes,
 )
-from profile_infer.data import ProfileData
-from profile_infer.prompt import PromptLayout, pad_targets, target_nll
-from profile_infer.state import Progress, TrainState
-from profile_infer.surrogate import SurrogateDCN, commitment, rec_loss_sum, straight_through
-from profile_infer.theta import RowAdamW, embedding_init, shared_init
-from userip.config import ProfileConfig
+from userip.profile_infer.data import ProfileData
+from userip.profile_infer.prompt import PromptLayout, pad_targets, target_nll
+from userip.profile_infer.state import Progress, TrainState
+from userip.profile_infer.surrogate import SurrogateDCN, commitment, rec_loss_sum, straight_through
+from userip.profile_infer.theta import RowAdamW, embedding_init, shared_init
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ __all__ = ["quantize"]
 def __getattr__(name: str) -> Any:
     """``quantize.quantize`` without importing FAISS for readers of ``quantize.layout``."""
     if name == "quantize":
-        from quantize.run import quantize
+        from userip.quantize.run import quantize
 
         return quantize
     raise AttributeError(f"module 'quantize' has no attribute {name!r}")

@@ -16,8 +16,8 @@ import numpy as np
 import polars as pl
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from dataprep.layout import INTERACTIONS, ITEMS
-from dataprep.readers.base import CATEGORY_SEP
+from userip.dataprep.layout import INTERACTIONS, ITEMS
+from userip.dataprep.readers.base import CATEGORY_SEP
 
 LIKE_RATE_BINS = 4
 TASTE_MIN_COUNT = 3  # a category counts for a user's taste from this many interactions

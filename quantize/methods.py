@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.decomposition import PCA
 
-from profile_infer.codebooks import assign_codes, kmeans_codebook
+from userip.profile_infer.codebooks import assign_codes, kmeans_codebook
 
 
 def kmeans_codes(flat: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -16,15 +16,15 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from dataprep.layout import INTERACTIONS
-from profile_infer.layout import CODES as PROFILE_CODES
-from profile_infer.layout import Profile, ProfileEntry, ProfileMeta
-from quantize.evidence import agreement, code_evidence, user_facts
-from quantize.layout import STAGE, SWEEP, ProfileSize, QuantizeMeta, SweepPoint
-from quantize.methods import agglomerative_codes, kmeans_codes, pca_dense
 from userip.atomic import publish_dir, staging_dir
 from userip.config import QuantizeConfig
+from userip.dataprep.layout import INTERACTIONS
 from userip.errors import InputError
+from userip.profile_infer.layout import CODES as PROFILE_CODES
+from userip.profile_infer.layout import Profile, ProfileEntry, ProfileMeta
+from userip.quantize.evidence import agreement, code_evidence, user_facts
+from userip.quantize.layout import STAGE, SWEEP, ProfileSize, QuantizeMeta, SweepPoint
+from userip.quantize.methods import agglomerative_codes, kmeans_codes, pca_dense
 
 log = logging.getLogger(__name__)
 

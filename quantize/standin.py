@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 import polars as pl
 
-from quantize.layout import ProfileSize, QuantizeMeta
+from userip.quantize.layout import ProfileSize, QuantizeMeta
 
 NOTE = "STAND-IN: FAISS k-means on random vectors (no user information)"
 

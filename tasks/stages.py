@@ -23,7 +23,7 @@ from prefect.context import TaskRunContext
 from prefect.serializers import JSONSerializer
 from prefect.settings import get_current_settings
 
-from downstream.layout import RunLayout
+from userip.downstream.layout import RunLayout
 from userip.fingerprint import hash_json
 
 
@@ -114,8 +114,8 @@ def run_stage(stage_fn: Any, *, out_dir: str, done: str, refresh: bool = False, 
 
 @stage_task("prepare", retries=1)
 def prepare_task(section: dict[str, Any], out_dir: str) -> None:
-    from dataprep.pipeline import prepare
     from userip.config import PrepareConfig
+    from userip.dataprep.pipeline import prepare
 
     prepare(PrepareConfig.model_validate(section), Path(out_dir))
 
@@ -124,9 +124,9 @@ def prepare_task(section: dict[str, Any], out_dir: str) -> None:
 def infer_task(section: dict[str, Any], data_dir: str, out_dir: str,
                users_file: str | None = None) -> None:
     """Profile inference; resumes from ``<out_dir>.ckpt`` when an earlier run was killed."""
-    from dataprep.layout import DataStats, data_users
-    from profile_infer import infer
     from userip.config import ProfileConfig, check_codebooks_fit
+    from userip.dataprep.layout import DataStats, data_users
+    from userip.profile_infer import infer
 
     cfg = ProfileConfig.model_validate(section)
     check_codebooks_fit(cfg, data_users(Path(data_dir)), str(DataStats.path(Path(data_dir))))
@@ -138,8 +138,8 @@ def infer_task(section: dict[str, Any], data_dir: str, out_dir: str,
 def refresh_task(section: dict[str, Any], base_profile: str, data_dir: str, out_dir: str) -> None:
     """Nightly: re-infer changed users on the frozen base profile; publishes nothing when
     no history changed."""
-    from profile_infer.refresh import refresh_profiles
     from userip.config import ProfileConfig
+    from userip.profile_infer.refresh import refresh_profiles
 
     refresh_profiles(ProfileConfig.model_validate(section), Path(base_profile), Path(data_dir),
                      Path(out_dir))
@@ -147,8 +147,8 @@ def refresh_task(section: dict[str, Any], base_profile: str, data_dir: str, out_
 
 @stage_task("quantize")
 def quantize_task(section: dict[str, Any], profile_dir: str, out_dir: str) -> None:
-    from quantize import quantize
     from userip.config import QuantizeConfig
+    from userip.quantize import quantize
 
     quantize(QuantizeConfig.model_validate(section), Path(profile_dir), Path(out_dir))
 
@@ -160,9 +160,9 @@ def export_task(codes_dir: str, codebook: str, lm_id: str, data_dir: str, bank_d
     publishes nothing new while that version exists."""
     from prefect.artifacts import create_link_artifact
 
-    from dataprep.layout import INTERACTIONS
-    from feature_bank import publish
     from userip.atomic import publish_dir, staging_dir
+    from userip.dataprep.layout import INTERACTIONS
+    from userip.feature_bank import publish
     from userip.fingerprint import hash_paths
 
     version = publish(Path(codes_dir), Path(bank_dir), keep, codebook=Path(codebook),
@@ -191,8 +191,8 @@ def recorded_version(out_dir: Path) -> Path | None:
 def train_task(model: str, section: dict[str, Any], data_dir: str, codes_dir: str,
                out_dir: str) -> None:
     """Fit one model (every planned variant and seed); the flow maps this over models."""
-    from downstream.suite import train_all
     from userip.config import DownstreamConfig
+    from userip.downstream.suite import train_all
 
     train_all(DownstreamConfig.model_validate(section), Path(data_dir), Path(out_dir),
               codes=Path(codes_dir))
@@ -201,7 +201,7 @@ def train_task(model: str, section: dict[str, Any], data_dir: str, codes_dir: st
 
 @stage_task("evaluate")
 def evaluate_task(data_dir: str, out_dir: str) -> None:
-    from downstream.suite import evaluate_all
+    from userip.downstream.suite import evaluate_all
 
     evaluate_all(Path(out_dir), Path(data_dir))
     RunLayout(Path(out_dir)).evaluated.write_text("done\n")
@@ -215,8 +215,8 @@ def report_task(section: dict[str, Any], run_name: str, data_dir: str, out_dir: 
     that stay the same from run to run, so the UI shows their history."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from downstream.report import metric_rows, write_report
     from userip.config import DownstreamConfig
+    from userip.downstream.report import metric_rows, write_report
 
     metrics = write_report(Path(out_dir), Path(data_dir), DownstreamConfig.model_validate(section))
     name = artifact_slug(run_name)

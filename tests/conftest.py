@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dataprep.pipeline import prepare
 from tests.profile_fixtures import write_tiny_llama
 from userip.config import PrepareConfig
+from userip.dataprep.pipeline import prepare
 
 
 @pytest.fixture(scope="session")

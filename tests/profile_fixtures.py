@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from dataprep.behaviour import behaviour_text
-from profile_infer.model_loading import materialize_embedded
+from userip.dataprep.behaviour import behaviour_text
+from userip.profile_infer.model_loading import materialize_embedded
 
 
 def write_tiny_llama(path: Path, seed: int = 0) -> Path:

@@ -11,9 +11,9 @@ from typing import Any
 
 import polars as pl
 
-from dataprep.readers import get_reader
-from dataprep.readers.base import RejectLog
 from userip.config import PrepareConfig
+from userip.dataprep.readers import get_reader
+from userip.dataprep.readers.base import RejectLog
 
 
 @dataclass

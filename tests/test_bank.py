@@ -18,11 +18,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from feature_bank import LATEST, FeatureBank, IncompatibleBankError, memory_report, publish
-from feature_bank.bank import BankError
-from quantize.standin import write_standin
 from userip.cli import main as cli_main
 from userip.errors import InputError
+from userip.feature_bank import LATEST, FeatureBank, IncompatibleBankError, memory_report, publish
+from userip.feature_bank.bank import BankError
+from userip.quantize.standin import write_standin
 
 USERS = [f"u{i}" for i in range(50)]
 
@@ -109,7 +109,7 @@ def test_memory_report(codes_dir: Path, tmp_path: Path) -> None:
 
 _PUBLISHER = """
 import sys
-from feature_bank import publish
+from userip.feature_bank import publish
 while True:
     publish(sys.argv[1], sys.argv[2], keep=5)
 """

@@ -12,11 +12,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from feature_bank import LATEST, FeatureBank, publish
-from feature_bank.bank import BankError
-from quantize.standin import write_standin
 from userip.atomic import OutputDirError
 from userip.errors import InputError
+from userip.feature_bank import LATEST, FeatureBank, publish
+from userip.feature_bank.bank import BankError
+from userip.quantize.standin import write_standin
 
 USERS = [f"u{i}" for i in range(40)]
 REPO = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def test_grace_keeps_the_version_latest_named_last(codes_dir: Path, tmp_path: Pa
 
 _PUBLISHER = """
 import sys
-from feature_bank import publish
+from userip.feature_bank import publish
 for _ in range(int(sys.argv[3])):
     publish(sys.argv[1], sys.argv[2], keep=2, grace_seconds=0)
 """

@@ -16,12 +16,12 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from feature_bank import FeatureBank, publish
-from feature_bank.bank import BankError
-from feature_bank.index import INDEX_FILE, UserIndex, hash_ids
-from quantize.standin import write_standin
 from userip.errors import InputError
+from userip.feature_bank import FeatureBank, publish
+from userip.feature_bank.bank import BankError
+from userip.feature_bank.index import INDEX_FILE, UserIndex, hash_ids
 from userip.fingerprint import sha256_file
+from userip.quantize.standin import write_standin
 
 REPO = Path(__file__).resolve().parents[1]
 M64 = (1 << 64) - 1

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from baselines.collm_data import build_split
+from userip.baselines.collm_data import build_split
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "collm-ml1m"
 PARTS = {"train": 33_891, "valid": 10_401, "test": 7_331}

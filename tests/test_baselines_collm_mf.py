@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
-from baselines.collm_data import build_split
-from baselines.collm_mf import run
-from baselines.config import MfConfig
+from userip.baselines.collm_data import build_split
+from userip.baselines.collm_mf import run
+from userip.baselines.config import MfConfig
 
 
 def test_mf_grid_is_chosen_on_valid_and_its_saved_vectors_score_test(tmp_path: Path):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from baselines.config import LoraConfig
-from baselines.lm import (
+from userip.baselines.config import LoraConfig
+from userip.baselines.lm import (
     IGNORE,
     SegmentLM,
     Text,
@@ -19,8 +19,8 @@ from baselines.lm import (
     save_adapter,
     splits_cleanly,
 )
-from profile_infer.model_loading import load_frozen_lm
 from userip.errors import ConfigError
+from userip.profile_infer.model_loading import load_frozen_lm
 
 pytestmark = pytest.mark.slow
 

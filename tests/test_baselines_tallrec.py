@@ -10,12 +10,12 @@ import polars as pl
 import pytest
 from transformers import AutoTokenizer
 
-from baselines.config import TallrecConfig
-from baselines.lm import SegmentLM, load_adapter, splits_cleanly
-from baselines.tallrec import Scorer, run, select_parts
-from baselines.tallrec_data import HEAD, TAIL, build_samples, split_samples
-from profile_infer.model_loading import load_frozen_lm, materialize_embedded
+from userip.baselines.config import TallrecConfig
+from userip.baselines.lm import SegmentLM, load_adapter, splits_cleanly
+from userip.baselines.tallrec import Scorer, run, select_parts
+from userip.baselines.tallrec_data import HEAD, TAIL, build_samples, split_samples
 from userip.errors import ConfigError
+from userip.profile_infer.model_loading import load_frozen_lm, materialize_embedded
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from baselines.tallrec_data import INSTRUCTION, build_samples, split_samples
+from userip.baselines.tallrec_data import INSTRUCTION, build_samples, split_samples
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "tallrec-movie"
 

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dataprep.behaviour import behaviour_text
+from userip.dataprep.behaviour import behaviour_text
 
 SPACES = [" ", "  ", "\t", "\n", "\r\n", "\u00a0", "\u2003", "\u3000", " \t "]
 WORDS = ["a", "Great", "mug,", "ok!", "日本", "—", "x" * 30, "\"quoted\"", "é"]

@@ -14,7 +14,7 @@ from prefect.results import ResultStore
 from prefect.serializers import JSONSerializer, PickleSerializer
 from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-from tasks.stages import RESULT_SERIALIZER, prepare_task, refuse_foreign_record
+from userip.tasks.stages import RESULT_SERIALIZER, prepare_task, refuse_foreign_record
 
 
 class _Planted:

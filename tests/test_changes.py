@@ -6,9 +6,9 @@ from pathlib import Path
 
 import polars as pl
 
-from dataprep.changes import changed_users
-from dataprep.pipeline import prepare
 from userip.config import PrepareConfig
+from userip.dataprep.changes import changed_users
+from userip.dataprep.pipeline import prepare
 
 
 def test_only_new_or_changed_users(tmp_path: Path) -> None:

@@ -15,18 +15,18 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from downstream.features import load_users, open_codes
-from downstream.layout import FitRecord, Job, JobMetrics, ReportMetrics, RunLayout
-from downstream.metrics import ctr_metrics
-from downstream.models import MODELS, NETWORKS
-from downstream.models.torch_model import FoldedScore
-from downstream.train import Scorer, fit, prepare
-from feature_bank import FeatureBank, IncompatibleBankError, publish
-from quantize.standin import write_standin
 from userip.cli import main as cli_main
 from userip.cli.summary import summary_table
+from userip.downstream.features import load_users, open_codes
+from userip.downstream.layout import FitRecord, Job, JobMetrics, ReportMetrics, RunLayout
+from userip.downstream.metrics import ctr_metrics
+from userip.downstream.models import MODELS, NETWORKS
+from userip.downstream.models.torch_model import FoldedScore
+from userip.downstream.train import Scorer, fit, prepare
 from userip.errors import ConfigError, InputError
+from userip.feature_bank import FeatureBank, IncompatibleBankError, publish
 from userip.hyper import FitSettings, Hyper
+from userip.quantize.standin import write_standin
 
 FIT = FitSettings(epochs=1, batch_size=256, lr=1e-3, patience=1)
 
@@ -249,13 +249,13 @@ def test_cli_train_from_bank_and_rescore_after_republish(ml100k_small_dir: Path,
 
 def test_codes_for_other_users_are_warned_about(ml100k_small_dir: Path, tmp_path: Path,
                                                 caplog: pytest.LogCaptureFixture) -> None:
-    from downstream.suite import train_all
     from userip.config import DownstreamConfig
+    from userip.downstream.suite import train_all
 
     write_standin([f"stranger{i}" for i in range(40)], tmp_path / "q" / "kmeans", seed=1)
     section = DownstreamConfig(models=("dcn",), transfer_models=(), ablation_models=("dcn",),
                                seeds=(0,), epochs=1, new_user_share=0.0)
-    with caplog.at_level("WARNING", logger="downstream.suite"):
+    with caplog.at_level("WARNING", logger="userip.downstream.suite"):
         train_all(section, ml100k_small_dir, tmp_path / "run", codes=tmp_path / "q")
     assert "variant kmeans has codes for 0% of the data set's users" in caplog.text
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from downstream.metrics import ctr_metrics, paired_p_value, ri_auc, ri_logloss, uauc
+from userip.downstream.metrics import ctr_metrics, paired_p_value, ri_auc, ri_logloss, uauc
 
 
 def test_uauc_hand_example() -> None:

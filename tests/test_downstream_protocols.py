@@ -19,19 +19,19 @@ import polars as pl
 import pydantic
 import pytest
 
-from downstream.features import open_codes
-from downstream.layout import NEW_USERS, FitRecord, Job, JobMetrics, ReportMetrics, RunLayout
-from downstream.metrics import activity_bucket
-from downstream.report import write_report
-from downstream.stat_codes import LIKE_RATE_BINS, stat_codes, write_stat_codes
-from downstream.suite import evaluate_all, hold_out_users, plan, read_held_out, train_all
-from downstream.train import Scorer, fit, prepare
-from feature_bank import FeatureBank
-from quantize.layout import QuantizeMeta
-from quantize.standin import write_standin
 from userip.config import DownstreamConfig
+from userip.downstream.features import open_codes
+from userip.downstream.layout import NEW_USERS, FitRecord, Job, JobMetrics, ReportMetrics, RunLayout
+from userip.downstream.metrics import activity_bucket
+from userip.downstream.report import write_report
+from userip.downstream.stat_codes import LIKE_RATE_BINS, stat_codes, write_stat_codes
+from userip.downstream.suite import evaluate_all, hold_out_users, plan, read_held_out, train_all
+from userip.downstream.train import Scorer, fit, prepare
 from userip.errors import InputError
+from userip.feature_bank import FeatureBank
 from userip.hyper import FitSettings
+from userip.quantize.layout import QuantizeMeta
+from userip.quantize.standin import write_standin
 
 SECTION = DownstreamConfig(models=("dcn",), transfer_models=(), ablation_models=("dcn",), seeds=(0,),
                            ablation_seeds=(0, 1), epochs=2, patience=1, batch_size=256,

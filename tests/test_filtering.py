@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dataprep.filtering import k_core, latest_per_pair
+from userip.dataprep.filtering import k_core, latest_per_pair
 
 
 def test_latest_per_pair_keeps_the_latest_and_the_last_read_on_ties() -> None:

@@ -14,8 +14,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from feature_bank import FeatureBank
 from tests.prefect_stack import prefect_stack
+from userip.feature_bank import FeatureBank
 
 pytestmark = pytest.mark.slow
 UPSTREAM = ("prepare", "infer", "quantize", "export")

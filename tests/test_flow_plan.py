@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from downstream.layout import RunLayout
-from flows.plan import StageNotRun, needed, run_plan, select, stage_names
-from flows.userip_flow import FULL, per_model_sections
-from tasks.stages import VERSION_RECORD
 from userip.config import Config, load_config
+from userip.downstream.layout import RunLayout
 from userip.errors import ConfigError
+from userip.flows.plan import StageNotRun, needed, run_plan, select, stage_names
+from userip.flows.userip_flow import FULL, per_model_sections
+from userip.tasks.stages import VERSION_RECORD
 
 NAMES = stage_names(FULL)
 PLANS = [list(p) for n in range(1, len(NAMES) + 1) for p in itertools.combinations(NAMES, n)]
@@ -150,11 +150,11 @@ def test_refresh_recomputes_the_planned_stages_only(cfg: Config, tmp_path: Path)
 def test_single_stage_commands_write_where_userip_run_does(tmp_path: Path) -> None:
     """``userip prepare --config`` and ``userip export --config`` used to write to
     ``<workdir>/data`` and ``bank.path`` (relative to the shell, not the work dir)."""
-    from feature_bank import FeatureBank
-    from flows.plan import resolve
-    from flows.userip_flow import PREPARE
-    from quantize.standin import write_standin
     from userip.cli import main as cli_main
+    from userip.feature_bank import FeatureBank
+    from userip.flows.plan import resolve
+    from userip.flows.userip_flow import PREPARE
+    from userip.quantize.standin import write_standin
 
     config = tmp_path / "c.yaml"
     config.write_text(f"workdir: {tmp_path / 'work'}\nprepare:\n  max_users: 12\n")

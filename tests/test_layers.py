@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LIBRARIES = ("dataprep", "profile_infer", "quantize", "feature_bank", "downstream", "baselines")
+FOLDERS = ("dataprep", "profile_infer", "quantize", "feature_bank", "downstream", "baselines",
+           "tasks", "flows")
+LIBRARIES = tuple(f"userip.{f}" for f in FOLDERS[:6])
 ROOF = ("userip.cli",)
-# bottom to top; a module's floor is the first prefix it matches
-FLOORS = (("userip",), *((lib,) for lib in LIBRARIES), ("tasks",), ("flows",), ROOF)
-OURS = {"userip", *LIBRARIES, "tasks", "flows"}
+# bottom to top; a module's floor is the last prefix it matches
+FLOORS = (("userip",), *((lib,) for lib in LIBRARIES), ("userip.tasks",), ("userip.flows",), ROOF)
 # declared but only ever imported by another package, never by our code
 RUNTIME_ONLY = {
     "gguf": "transformers reads the embedded SmolLM2 GGUF file with it",
@@ -33,11 +34,12 @@ RUNTIME_ONLY = {
 
 
 def _modules() -> dict[str, Path]:
+    """Every module of the package, by its import name (``userip.<folder>.<module>``)."""
     found = {}
-    for top in OURS:
+    for top in ("userip", *FOLDERS):
         for path in sorted((REPO / top).rglob("*.py")) if (REPO / top).is_dir() else []:
             name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
-            found[name] = path
+            found[name if top == "userip" else f"userip.{name}"] = path
     return found
 
 
@@ -63,8 +65,10 @@ MODULES = _modules()
 
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_imports_go_down_the_floors(module: str) -> None:
+    bare = sorted(n for n in _imports(MODULES[module]) if n.split(".")[0] in FOLDERS)
+    assert not bare, f"{module} imports a stage package by its folder name, not userip.<name>: {bare}"
     own = _floor(module)
-    ours = [n for n in _imports(MODULES[module]) if n.split(".")[0] in OURS]
+    ours = [n for n in _imports(MODULES[module]) if n.split(".")[0] == "userip"]
     upward = sorted(n for n in ours if _floor(n) > own)
     assert not upward, f"{module} (floor {FLOORS[own]}) imports from above: {upward}"
     if own <= len(LIBRARIES):  # ground floor and libraries
@@ -89,7 +93,7 @@ def test_every_imported_distribution_is_declared_and_every_declared_one_is_used(
     for module, path in MODULES.items():
         for name in _imports(path):
             top = name.split(".")[0]
-            if top in OURS or top in sys.stdlib_module_names or top == "__future__":
+            if top == "userip" or top in sys.stdlib_module_names or top == "__future__":
                 continue
             for dist in dists.get(top, [top.replace("_", "-")]):  # an extra not installed here
                 imported.setdefault(dist.lower().replace("_", "-"), module)
@@ -98,3 +102,11 @@ def test_every_imported_distribution_is_declared_and_every_declared_one_is_used(
     assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
     unused = main - set(imported) - set(RUNTIME_ONLY)
     assert not unused, f"declared but imported nowhere in the library: {sorted(unused)}"
+
+
+def test_the_wheel_lists_every_package() -> None:
+    """pyproject.toml maps each stage folder to userip.<folder>; a sub-package missing from
+    its ``packages`` list would be left out of the wheel."""
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+    assert found == listed

@@ -22,10 +22,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dataprep import pipeline
-from dataprep.layout import FILES
-from dataprep.readers import jsonl
 from userip.config import PrepareConfig
+from userip.dataprep import pipeline
+from userip.dataprep.layout import FILES
+from userip.dataprep.readers import jsonl
 
 GOLDEN = Path(__file__).parent / "golden" / "prepare_outputs.json"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from dataprep.behaviour import SEPARATOR
-from dataprep.pipeline import prepare
 from userip.config import PrepareConfig
+from userip.dataprep.behaviour import SEPARATOR
+from userip.dataprep.pipeline import prepare
 
 
 def test_counts_and_table1_stats(ml100k_dir: Path) -> None:

@@ -16,13 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from profile_infer import infer
-from profile_infer.layout import Profile
-from profile_infer.model_loading import load_frozen_lm
 from tests.profile_fixtures import write_data_dir
 from userip.cli import main as cli_main
 from userip.config import ProfileConfig, load_config
 from userip.errors import ConfigError
+from userip.profile_infer import infer
+from userip.profile_infer.layout import Profile
+from userip.profile_infer.model_loading import load_frozen_lm
 
 ROOT = Path(__file__).resolve().parents[1]
 

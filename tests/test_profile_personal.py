@@ -14,20 +14,20 @@ import polars as pl
 import pytest
 import torch
 
-from dataprep.pipeline import prepare
-from profile_infer import infer
-from profile_infer.checkpoint import Checkpointer
-from profile_infer.codebooks import EMACodebook
-from profile_infer.data import load_profile_data, pack_windows
-from profile_infer.evidence import derangement, gap, lm_evidence
-from profile_infer.layout import Profile
-from profile_infer.model_loading import load_frozen_lm
-from profile_infer.train import rec_weight
-from quantize.evidence import agreement, code_evidence, nmi_test, user_facts
 from tests.profile_fixtures import write_data_dir
 from tests.readers_support import write_lines
 from tests.test_readers_amazon import review2018
 from userip.config import PrepareConfig, ProfileConfig
+from userip.dataprep.pipeline import prepare
+from userip.profile_infer import infer
+from userip.profile_infer.checkpoint import Checkpointer
+from userip.profile_infer.codebooks import EMACodebook
+from userip.profile_infer.data import load_profile_data, pack_windows
+from userip.profile_infer.evidence import derangement, gap, lm_evidence
+from userip.profile_infer.layout import Profile
+from userip.profile_infer.model_loading import load_frozen_lm
+from userip.profile_infer.train import rec_weight
+from userip.quantize.evidence import agreement, code_evidence, nmi_test, user_facts
 
 
 # ---- behaviour text ---------------------------------------------------------------------

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from profile_infer.model_loading import load_frozen_lm
-from profile_infer.prompt import build_layout, isolation_mask, pad_targets, target_nll
 from userip.config import ProfileConfig
+from userip.profile_infer.model_loading import load_frozen_lm
+from userip.profile_infer.prompt import build_layout, isolation_mask, pad_targets, target_nll
 
 
 def test_mask_blocks_across_profiles_and_opens_for_task(tiny):

@@ -13,12 +13,12 @@ import polars as pl
 import pytest
 import torch
 
-from profile_infer import infer
-from profile_infer.codebooks import assign_chunked, reseed_dead_codes
-from profile_infer.describe import describe_codes
-from profile_infer.layout import Profile
 from tests.profile_fixtures import write_data_dir
 from userip.config import ProfileConfig
+from userip.profile_infer import infer
+from userip.profile_infer.codebooks import assign_chunked, reseed_dead_codes
+from userip.profile_infer.describe import describe_codes
+from userip.profile_infer.layout import Profile
 
 
 def test_published_profile_is_the_best_epoch_not_the_last(tiny, tmp_path):

@@ -8,12 +8,12 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from dataprep.pipeline import prepare
-from profile_infer import infer
-from profile_infer.layout import Profile
-from profile_infer.refresh import refresh_profiles
 from tests.profile_fixtures import write_tiny_llama
 from userip.config import PrepareConfig, ProfileConfig
+from userip.dataprep.pipeline import prepare
+from userip.profile_infer import infer
+from userip.profile_infer.layout import Profile
+from userip.profile_infer.refresh import refresh_profiles
 
 
 def test_refresh_on_a_new_dump(tmp_path: Path) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from profile_infer.data import load_profile_data
-from profile_infer.model_loading import load_frozen_lm
-from profile_infer.prompt import build_layout
-from profile_infer.train import Trainer
 from userip.config import ProfileConfig
+from userip.profile_infer.data import load_profile_data
+from userip.profile_infer.model_loading import load_frozen_lm
+from userip.profile_infer.prompt import build_layout
+from userip.profile_infer.train import Trainer
 
 
 def weights_digest(model: torch.nn.Module) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from profile_infer.theta import RowAdamW, embedding_init
+from userip.profile_infer.theta import RowAdamW, embedding_init
 
 
 def test_absent_rows_are_bit_identical_and_present_rows_follow_adamw():

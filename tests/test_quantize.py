@@ -9,13 +9,13 @@ import polars as pl
 import pytest
 import torch
 
-from profile_infer.codebooks import codes_frame
-from profile_infer.layout import ProfileEntry, ProfileMeta
-from profile_infer.outputs import publish
-from quantize import quantize
 from userip.cli import main as cli_main
 from userip.config import ProfileConfig, QuantizeConfig
 from userip.errors import InputError
+from userip.profile_infer.codebooks import codes_frame
+from userip.profile_infer.layout import ProfileEntry, ProfileMeta
+from userip.profile_infer.outputs import publish
+from userip.quantize import quantize
 
 
 @pytest.fixture()

@@ -11,12 +11,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from dataprep.pipeline import prepare
-from dataprep.readers import jsonl
-from dataprep.readers.base import INTERACTION_SCHEMA
 from tests.readers_support import read, reasons, write_lines
 from userip.cli import main as cli_main
 from userip.config import PrepareConfig
+from userip.dataprep.pipeline import prepare
+from userip.dataprep.readers import jsonl
+from userip.dataprep.readers.base import INTERACTION_SCHEMA
 from userip.errors import InputError
 
 

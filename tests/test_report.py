@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from downstream.report import sweep_series
+from userip.downstream.report import sweep_series
 
 
 def _meta(hobby: int, background: int, sweep: dict | None = None) -> dict:

@@ -13,14 +13,14 @@ import polars as pl
 import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from downstream.layout import FitRecord, Job, RunLayout
-from downstream.suite import train_all
-from flows.userip_flow import per_model_sections
-from quantize.standin import write_standin
-from tasks.runners import task_runner
 from tests.prefect_stack import REPO
 from userip.config import DownstreamConfig
+from userip.downstream.layout import FitRecord, Job, RunLayout
+from userip.downstream.suite import train_all
 from userip.errors import ConfigError
+from userip.flows.userip_flow import per_model_sections
+from userip.quantize.standin import write_standin
+from userip.tasks.runners import task_runner
 
 
 def test_local_runner_trains_one_model_at_a_time() -> None:
@@ -58,8 +58,8 @@ def test_per_model_sections_keep_each_models_roles() -> None:
 # Runs in a fresh interpreter, so Prefect's ephemeral server and settings are its own.
 _DASK_RUN = """
 import sys
-from flows.userip_flow import train_models
-from tasks.runners import task_runner
+from userip.flows.userip_flow import train_models
+from userip.tasks.runners import task_runner
 section, data, codes, run = sys.argv[1:5]
 train_models.with_options(task_runner=task_runner("dask", 2))(json.loads(section), data, codes, run)
 """.replace("import sys", "import json, sys")

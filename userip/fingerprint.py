@@ -7,6 +7,7 @@ of the code that computes it, never in-memory objects; equal keys mean equal out
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from collections.abc import Iterable
 from functools import cache
@@ -55,9 +56,13 @@ def hash_paths(paths: Iterable[Path | str | None]) -> str:
 
 @cache
 def code_version(*packages: str) -> str:
-    """Hash of the Python sources of ``packages`` (top-level package names) + our version."""
-    top = Path(userip.__file__).resolve().parent.parent
-    srcs = [p for pkg in packages for p in sorted((top / pkg).rglob("*.py"))]
+    """Hash of the Python sources of ``packages`` (``userip.<name>`` packages, by name)
+    + our version."""
+    srcs = []
+    for pkg in packages:
+        spec = importlib.util.find_spec(f"userip.{pkg}")
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            srcs += sorted(Path(folder).rglob("*.py"))
     return hashlib.blake2b(
         (userip.__version__ + hash_paths(srcs)).encode(), digest_size=8
     ).hexdigest()

@@ -36,7 +36,7 @@ class Sidecar(BaseModel):
         try:
             return cls.model_validate_json(path.read_bytes())
         except FileNotFoundError:
-            raise InputError(f"no {cls.FILE} here", path=str(folder)) from None
+            raise InputError(f"{cls.FILE} not found", path=str(path)) from None
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "(top level)"

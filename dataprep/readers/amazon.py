@@ -16,8 +16,9 @@ from typing import Any
 
 import polars as pl
 
-from dataprep.readers.base import CATEGORY_SEP, INTERACTION_SCHEMA, ITEM_SCHEMA, RawData, RejectLog
-from dataprep.readers.fields import (
+from userip.config import PrepareConfig
+from userip.dataprep.readers.base import CATEGORY_SEP, INTERACTION_SCHEMA, ITEM_SCHEMA, RawData, RejectLog
+from userip.dataprep.readers.fields import (
     date_seconds,
     identifier,
     number,
@@ -27,14 +28,13 @@ from dataprep.readers.fields import (
     text_list,
     unix_seconds,
 )
-from dataprep.readers.jsonl import (
+from userip.dataprep.readers.jsonl import (
     Column,
     RecordFormat,
     json_object,
     json_or_python_literal,
     read_records,
 )
-from userip.config import PrepareConfig
 
 log = logging.getLogger(__name__)
 

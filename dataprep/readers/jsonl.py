@@ -36,7 +36,7 @@ from typing import Any
 
 import polars as pl
 
-from dataprep.readers.base import RejectLog
+from userip.dataprep.readers.base import RejectLog
 from userip.errors import InputError
 
 log = logging.getLogger(__name__)

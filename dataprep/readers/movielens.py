@@ -12,8 +12,8 @@ from pathlib import Path
 
 import polars as pl
 
-from dataprep.readers.base import CATEGORY_SEP, ITEM_SCHEMA, RawData, RejectLog
 from userip.config import PrepareConfig
+from userip.dataprep.readers.base import CATEGORY_SEP, ITEM_SCHEMA, RawData, RejectLog
 from userip.errors import InputError
 
 # ML-1M README: age and occupation are codes.

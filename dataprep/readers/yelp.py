@@ -12,8 +12,9 @@ from pathlib import Path
 
 import polars as pl
 
-from dataprep.readers.base import CATEGORY_SEP, INTERACTION_SCHEMA, ITEM_SCHEMA, RawData, RejectLog
-from dataprep.readers.fields import (
+from userip.config import PrepareConfig
+from userip.dataprep.readers.base import CATEGORY_SEP, INTERACTION_SCHEMA, ITEM_SCHEMA, RawData, RejectLog
+from userip.dataprep.readers.fields import (
     date_seconds,
     identifier,
     number,
@@ -22,8 +23,7 @@ from dataprep.readers.fields import (
     split_list,
     text_list,
 )
-from dataprep.readers.jsonl import Column, RecordFormat, read_records
-from userip.config import PrepareConfig
+from userip.dataprep.readers.jsonl import Column, RecordFormat, read_records
 
 log = logging.getLogger(__name__)
 

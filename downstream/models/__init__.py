@@ -14,9 +14,9 @@ from functools import partial
 
 from torch import nn
 
-from downstream.features import FeatureMap
-from downstream.models.base import CTRModel
-from downstream.models.torch_model import TorchModel
+from userip.downstream.features import FeatureMap
+from userip.downstream.models.base import CTRModel
+from userip.downstream.models.torch_model import TorchModel
 from userip.hyper import FitSettings
 
 Builder = Callable[[FeatureMap, FitSettings, int], CTRModel]
@@ -49,4 +49,4 @@ def build(name: str, fmap: FeatureMap, hp: FitSettings, seed: int) -> CTRModel:
 
 
 for _m in _MODULES:
-    importlib.import_module(f"downstream.models.{_m}")
+    importlib.import_module(f"{__name__}.{_m}")

@@ -4,8 +4,8 @@ projected to a score, plus a linear term."""
 import torch
 from torch import nn
 
-from downstream.layers import FeatureEmbedding, Linear, pair_index
-from downstream.models import network
+from userip.downstream.layers import FeatureEmbedding, Linear, pair_index
+from userip.downstream.models import network
 
 ATTENTION_DIM = 8
 

@@ -4,8 +4,8 @@ cross features as exp(sum_i w_ji log|e_i|), followed by an MLP."""
 import torch
 from torch import nn
 
-from downstream.layers import FeatureEmbedding, mlp
-from downstream.models import network
+from userip.downstream.layers import FeatureEmbedding, mlp
+from userip.downstream.models import network
 
 LOG_NEURONS = 16
 

@@ -4,8 +4,8 @@ connections, flattened into a logistic head (plus an MLP, AutoInt+)."""
 import torch
 from torch import nn
 
-from downstream.layers import FeatureEmbedding, mlp
-from downstream.models import network
+from userip.downstream.layers import FeatureEmbedding, mlp
+from userip.downstream.models import network
 
 HEADS, LAYERS = 2, 2
 

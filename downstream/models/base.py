@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from downstream.features import Encoder, Split
-from downstream.layout import FitInfo
+from userip.downstream.features import Encoder, Split
+from userip.downstream.layout import FitInfo
 
 # Scores request positions of a bound encoder: (user rows, item indices) -> probabilities.
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]

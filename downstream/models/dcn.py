@@ -4,9 +4,9 @@ Paper settings: 3 cross layers, embedding 8, MLP (16, 16), dropout 0.2."""
 import torch
 from torch import nn
 
-from downstream.layers import FeatureEmbedding, mlp
-from downstream.models import network
-from downstream.models.base import Foldable
+from userip.downstream.layers import FeatureEmbedding, mlp
+from userip.downstream.models import network
+from userip.downstream.models.base import Foldable
 
 
 class CrossNet(nn.Module):

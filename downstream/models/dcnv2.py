@@ -4,8 +4,8 @@ in parallel with an MLP."""
 import torch
 from torch import nn
 
-from downstream.layers import FeatureEmbedding, mlp
-from downstream.models import network
+from userip.downstream.layers import FeatureEmbedding, mlp
+from userip.downstream.models import network
 
 
 @network("dcnv2")

@@ -2,8 +2,8 @@
 
 from torch import nn
 
-from downstream.layers import FeatureEmbedding, Linear, fm_interaction, mlp
-from downstream.models import network
+from userip.downstream.layers import FeatureEmbedding, Linear, fm_interaction, mlp
+from userip.downstream.models import network
 
 
 @network("deepfm")

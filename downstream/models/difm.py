@@ -4,8 +4,8 @@ embeddings and the first-order weights of this very input."""
 
 from torch import nn
 
-from downstream.layers import FeatureEmbedding, fm_interaction, mlp
-from downstream.models import network
+from userip.downstream.layers import FeatureEmbedding, fm_interaction, mlp
+from userip.downstream.models import network
 
 HEADS = 2
 

@@ -3,8 +3,8 @@ pair (i, j) interacts through <v_{i,f_j}, v_{j,f_i}>, plus a linear term."""
 
 from torch import nn
 
-from downstream.layers import FeatureEmbedding, Linear, field_aware_pairs
-from downstream.models import network
+from userip.downstream.layers import FeatureEmbedding, Linear, field_aware_pairs
+from userip.downstream.models import network
 
 
 @network("ffm")

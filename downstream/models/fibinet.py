@@ -4,8 +4,8 @@ interactions of both the original and the re-weighted embeddings feed an MLP."""
 import torch
 from torch import nn
 
-from downstream.layers import FeatureEmbedding, Linear, mlp, pair_index
-from downstream.models import network
+from userip.downstream.layers import FeatureEmbedding, Linear, mlp, pair_index
+from userip.downstream.models import network
 
 REDUCTION = 3
 

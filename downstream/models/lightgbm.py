@@ -9,10 +9,10 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 
-from downstream.features import FeatureMap, Split
-from downstream.layout import FitInfo, RunLayout
-from downstream.models import model
-from downstream.models.base import CTRModel
+from userip.downstream.features import FeatureMap, Split
+from userip.downstream.layout import FitInfo, RunLayout
+from userip.downstream.models import model
+from userip.downstream.models.base import CTRModel
 from userip.hyper import FitSettings
 
 MAX_ROUNDS, PATIENCE = 400, 20

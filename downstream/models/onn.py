@@ -4,8 +4,8 @@ fields interacts through the copies they keep for each other, then an MLP."""
 import torch
 from torch import nn
 
-from downstream.layers import FeatureEmbedding, field_aware_pairs, mlp
-from downstream.models import network
+from userip.downstream.layers import FeatureEmbedding, field_aware_pairs, mlp
+from userip.downstream.models import network
 
 
 @network("onn")

@@ -4,8 +4,8 @@ next to the embeddings themselves, fed to an MLP."""
 import torch
 from torch import nn
 
-from downstream.layers import FeatureEmbedding, mlp, pair_index
-from downstream.models import network
+from userip.downstream.layers import FeatureEmbedding, mlp, pair_index
+from userip.downstream.models import network
 
 
 @network("pnn")

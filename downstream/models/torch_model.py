@@ -16,10 +16,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from downstream.features import ITEM_FIELD, Encoder, FeatureMap, Split
-from downstream.layers import init_weights
-from downstream.layout import FitInfo, RunLayout
-from downstream.models.base import CTRModel, Foldable, ScoreFn
+from userip.downstream.features import ITEM_FIELD, Encoder, FeatureMap, Split
+from userip.downstream.layers import init_weights
+from userip.downstream.layout import FitInfo, RunLayout
+from userip.downstream.models.base import CTRModel, Foldable, ScoreFn
 from userip.hyper import FitSettings
 
 # Rows per forward pass when predicting. A pass has a fixed cost of ~0.3 ms in small ops:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataprep.layout import DataStats
-from downstream.layout import ReportMetrics, RunLayout
-from downstream.report import SUMMARY, summary_rows
+from userip.dataprep.layout import DataStats
+from userip.downstream.layout import ReportMetrics, RunLayout
+from userip.downstream.report import SUMMARY, summary_rows
 
 
 def summary_table(outputs: dict[str, str]) -> str:

@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from downstream.suite import evaluate_all
+    from userip.downstream.suite import evaluate_all
 
     for m in evaluate_all(args.run_dir, args.data, bank=args.bank):
         print(json.dumps({k: getattr(m, k) for k in ("variant", "model", "seed", "auc", "logloss", "uauc")}))

@@ -29,11 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from feature_bank import memory_report, publish
+    from userip.feature_bank import memory_report, publish
     from userip.fingerprint import hash_paths
 
     cfg = load_config(args.config) if args.config else Config()
-    from dataprep.layout import INTERACTIONS
+    from userip.dataprep.layout import INTERACTIONS
 
     fingerprint = hash_paths([args.data / INTERACTIONS]) if args.data else None
     path = publish(args.codes, args.bank or cfg.bank_dir(), args.keep or cfg.bank.keep_versions,

@@ -33,10 +33,10 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config).profile
     # before any epoch: the data must hold enough users, --out must be ours to replace
-    from dataprep.layout import DataStats, data_users
+    from userip.dataprep.layout import DataStats, data_users
 
     check_codebooks_fit(cfg, data_users(args.data), str(DataStats.path(args.data)))
-    from profile_infer.layout import STAGE
+    from userip.profile_infer.layout import STAGE
 
     check_output_dir(args.out, STAGE)
     if cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={cfg.nproc}", "-m", "userip.cli", "infer", *argv]
         return subprocess.run(cmd, check=False).returncode
-    from profile_infer import infer
+    from userip.profile_infer import infer
 
     out = infer(cfg, args.data, args.out, users_file=args.users, ckpt_dir=args.checkpoints)
     if int(os.environ.get("RANK", "0")) == 0:

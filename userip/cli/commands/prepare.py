@@ -43,14 +43,14 @@ def resolve(args: argparse.Namespace) -> tuple[PrepareConfig, Path]:
                         f"{args.config} with flags" if args.config else "flags")
     if args.out:
         return section, args.out
-    from flows.plan import resolve
-    from flows.userip_flow import PREPARE
+    from userip.flows.plan import resolve
+    from userip.flows.userip_flow import PREPARE
 
     return section, resolve(cfg.model_copy(update={"prepare": section}), PREPARE, {})
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataprep.pipeline import prepare
+    from userip.dataprep.pipeline import prepare
 
     section, out = resolve(args)
     stats = prepare(section, out)

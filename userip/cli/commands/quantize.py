@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from quantize import quantize
+    from userip.quantize import quantize
 
     print(quantize(load_config(args.config).quantize, args.profile, args.out))
     return 0

@@ -17,8 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from downstream.layout import ReportMetrics, RunLayout
-    from downstream.report import write_report
+    from userip.downstream.layout import ReportMetrics, RunLayout
+    from userip.downstream.report import write_report
 
     cfg = load_config(args.config) if args.config else Config()
     write_report(args.run_dir, args.data, cfg.downstream)

@@ -36,7 +36,7 @@ def section_from(args: argparse.Namespace) -> DownstreamConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from downstream.suite import train_all
+    from userip.downstream.suite import train_all
 
     records = train_all(section_from(args), args.data, args.run_dir, codes=args.codes, bank=args.bank)
     for r in records:
