@@ -86,12 +86,14 @@ def cases(folder: Path) -> dict[str, PrepareConfig]:
 
 
 def digests(out: Path, tmp: Path) -> dict[str, str]:
-    """sha256 of each file of a published data set, the temp folder's path masked."""
+    """sha256 of each file of a published data set, the paths of the temp folder and of
+    the environment (where the embedded MovieLens files live) masked."""
     found = {}
     for name in FILES:
         data = (out / name).read_bytes()
         if name.endswith((".json", ".jsonl")):
-            data = data.replace(json.dumps(str(tmp))[1:-1].encode(), b"<tmp>")
+            for path, mask in ((tmp, b"<tmp>"), (Path(sys.prefix), b"<env>")):
+                data = data.replace(json.dumps(str(path))[1:-1].encode(), mask)
         found[name] = hashlib.sha256(data).hexdigest()
     return found
 
