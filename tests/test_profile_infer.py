@@ -89,25 +89,25 @@ def test_tokenizer_without_pad_falls_back_to_eos(tiny, tmp_path):
     assert all(not p.requires_grad for p in loaded.model.parameters())
 
 
-def test_cli_reports_bad_input_in_one_line(tiny, tmp_path, capsys):
+def _infer_on_empty_data(model: Path, tmp_path: Path, capsys) -> tuple[int, str]:
+    """``userip infer`` with ``model`` on an empty data folder: exit code and stderr."""
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"profile:\n  model: {tiny}\n")
+    cfg.write_text(f"profile:\n  model: {model}\n")
     (tmp_path / "data").mkdir()
     rc = cli_main(["infer", "--config", str(cfg), "--data", str(tmp_path / "data"),
                    "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err
+    return rc, capsys.readouterr().err
+
+
+def test_cli_reports_bad_input_in_one_line(tiny, tmp_path, capsys):
+    rc, err = _infer_on_empty_data(tiny, tmp_path, capsys)
     assert rc == 2 and "behaviour.parquet" in err and "Traceback" not in err
 
 
 def test_a_broken_model_config_is_one_line_naming_it(tmp_path, capsys):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{not json")
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"profile:\n  model: {tmp_path / 'model'}\n")
-    (tmp_path / "data").mkdir()
-    rc = cli_main(["infer", "--config", str(cfg), "--data", str(tmp_path / "data"),
-                   "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err
+    rc, err = _infer_on_empty_data(tmp_path / "model", tmp_path, capsys)
     assert rc == 2 and "config.json: not a readable model config" in err and "Traceback" not in err
 
 

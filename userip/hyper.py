@@ -16,11 +16,11 @@ file keeps its flat ``downstream:`` keys) and adds which fits run.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from userip.fingerprint import hash_json
 
 
 class _Part(BaseModel):
@@ -49,8 +49,7 @@ class FitSettings(Hyper):
 
     def key(self) -> str:
         """Short hash of the fields of ``FitSettings``, equal for a subclass with the same values."""
-        blob = json.dumps(self.fit_settings().model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return hash_json(self.fit_settings().model_dump(mode="json"), digest_size=8)
 
 
 class RunSettings(_Part):
