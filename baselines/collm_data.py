@@ -46,7 +46,9 @@ def _split_of(month: pl.Expr) -> pl.Expr:
 
 def _histories(frame: pl.DataFrame) -> list[list[str]]:
     """Per row (frame sorted by user, time, line): the user's earlier positive titles."""
-    out, user, liked = [], None, []
+    out: list[list[str]] = []
+    liked: list[str] = []
+    user = None
     for u, title, label in zip(frame["user_id"], frame["title"], frame["label"]):
         if u != user:
             user, liked = u, []

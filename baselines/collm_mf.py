@@ -126,6 +126,7 @@ def run(cfg: MfConfig, out_dir: Path) -> MfResult:
         log.info("mf dim=%d lr=%g wd=%g: epoch %d valid AUC %.4f", dim, lr, wd, epoch, auc)
         if best is None or auc > best[0]["valid_auc"]:
             best = (grid[-1], model)
+    assert best is not None  # the grid is never empty (MfConfig: min_length=1)
     chosen, model = best
 
     test, frame = enc["test"], parts["test"]

@@ -17,19 +17,23 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from userip.baselines.config import LoraConfig
 from userip.errors import ConfigError
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers.cache_utils import Cache
+
 IGNORE = -100  # label of positions that carry no LM target (padding, vector rows)
 
 
 @dataclass(frozen=True)
 class Prefix:
-    cache: object  # the LM's key/value cache of the prefix, batch 1
+    cache: Cache  # the LM's key/value cache of the prefix, batch 1
     length: int
 
 
@@ -93,16 +97,22 @@ class SegmentLM:
             raise ConfigError("tokenizer has no pad token (load it with load_frozen_lm)")
         self.model, self.tokenizer, self.device = model, tokenizer, device
 
+    def _embeddings(self) -> torch.nn.Embedding:
+        """The LM's input token embeddings (Hugging Face's ``get_input_embeddings``)."""
+        # torch types an nn.Module's unknown attributes as Tensor | Module: the HF / peft
+        # method is not visible through the nn.Module annotation
+        return self.model.get_input_embeddings()  # type: ignore[operator]
+
     @property
     def hidden_size(self) -> int:
-        return self.model.get_input_embeddings().embedding_dim
+        return self._embeddings().embedding_dim
 
     def _pieces(self, prompt: Sequence[Segment],
                 continuation: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(embeddings [n, d], labels [n]) per run: adjacent Text segments are tokenized as one
         string, so a text-only prompt reads exactly as its concatenation would. The first run
         gets the tokenizer's special tokens (BOS) unless the prompt continues a prefix."""
-        emb = self.model.get_input_embeddings()
+        emb = self._embeddings()
         runs: list[str | torch.Tensor] = []
         for seg in prompt:
             if isinstance(seg, Text):
@@ -145,7 +155,7 @@ class SegmentLM:
             raise ConfigError("empty batch: no prompts")
         length = max(e.shape[0] for e, _ in rows)
         d = rows[0][0].shape[1]
-        pad_emb = self.model.get_input_embeddings()(
+        pad_emb = self._embeddings()(
             torch.tensor([self.tokenizer.pad_token_id], device=self.device))[0]
         embeds = pad_emb.expand(len(rows), length, d).clone()
         mask = torch.zeros(len(rows), length, dtype=torch.long, device=self.device)
@@ -171,7 +181,8 @@ class SegmentLM:
         in which the LM head sees only the answer positions. With ``prefix`` the batch (built
         with ``continuation=True``) follows that prefix's cached keys and values."""
         keep = torch.unique(batch.answer_pos)
-        mask, positions, cache = batch.attention_mask, batch.position_ids, None
+        mask, positions = batch.attention_mask, batch.position_ids
+        cache: Cache | None = None
         if prefix is not None:
             rows = mask.shape[0]
             cache = copy.deepcopy(prefix.cache)
@@ -197,7 +208,7 @@ class SegmentLM:
                           use_cache=False).loss
 
 
-def add_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
+def add_lora(model: torch.nn.Module, lora: LoraConfig) -> PeftModel:
     """Wrap a (frozen) causal LM with fresh trainable LoRA adapters."""
     import peft
 
@@ -210,13 +221,13 @@ def add_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
     return peft.get_peft_model(model, cfg)
 
 
-def save_adapter(model: torch.nn.Module, folder: Path) -> Path:
+def save_adapter(model: PeftModel, folder: Path) -> Path:
     """Write the LoRA adapter (config + safetensors weights) into ``folder``."""
-    model.save_pretrained(folder)
+    model.save_pretrained(str(folder))  # peft types save_directory as str
     return folder
 
 
-def load_adapter(base: torch.nn.Module, folder: Path) -> torch.nn.Module:
+def load_adapter(base: torch.nn.Module, folder: Path) -> PeftModel:
     """A frozen base LM with the adapter saved in ``folder`` applied (inference mode)."""
     from peft import PeftModel
 

@@ -212,7 +212,7 @@ def _spool(frame: pl.LazyFrame, rows: np.ndarray, bounds: np.ndarray,
     in published order), with its published position, in the file of its batch; one pass
     over ``frame`` in row order, a chunk at a time. Returns the batches' files."""
     folder.mkdir()
-    position = np.full(int(rows.max()) + 1, -1, np.int32 if len(rows) < 2**31 else np.int64)
+    position: np.ndarray = np.full(int(rows.max()) + 1, -1, np.int32 if len(rows) < 2**31 else np.int64)
     position[rows] = np.arange(len(rows))
     paths = [folder / f"reviews-{batch:06d}.arrow" for batch in range(len(bounds) - 1)]
     writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}

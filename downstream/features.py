@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -81,7 +81,7 @@ class DenseProfiles:
         return self._x[self._users.positions(user_ids)]
 
 
-CodeSource = FeatureBank | DenseProfiles
+CodeSource: TypeAlias = FeatureBank | DenseProfiles
 
 
 def open_codes(path: Path, *, bank: bool = False, version: str | None = None) -> CodeSource:
@@ -223,11 +223,13 @@ class Encoder:
                  zip(fmap.observed_columns(ids, users), fmap.observed.items())]
         table = np.column_stack([user_col, item_col, *attrs])
         if fmap.codes:  # unknown users: the bank's reserved code K_m
+            assert isinstance(codes, FeatureBank)  # checked above
             unknown = np.asarray(codes.manifest.sizes, np.int64)[None, :]
             table = np.hstack([table, np.vstack([codes.lookup(ids), unknown])])
         self._table = table
         self._dense = np.zeros((n + 1, fmap.dense_dim), np.float32)  # unknown users: zeros
         if fmap.dense_dim:
+            assert isinstance(codes, DenseProfiles)  # checked above
             self._dense[:n] = codes.lookup(ids)
         self._items = IdIndex(fmap.items)
 

@@ -33,6 +33,8 @@ class FeatureEmbedding(nn.Module):
     """All categorical fields in one table (per-field offsets) -> (B, F, dim); the dense
     profile vector, when present, is projected to one more field."""
 
+    offsets: torch.Tensor  # a registered buffer
+
     def __init__(self, fmap: FeatureMap, dim: int) -> None:
         super().__init__()
         sizes = [v for _, v in fmap.fields]

@@ -3,6 +3,8 @@ improvements (Eqs. 8, 9)."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import polars as pl
 from scipy import stats
@@ -24,7 +26,8 @@ def uauc(user_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
         .with_columns(auc=(pl.col("rank_pos") - pl.col("pos") * (pl.col("pos") + 1) / 2)
                       / (pl.col("pos") * (pl.col("n") - pl.col("pos"))))
     )
-    return float(per_user["auc"].mean()) if per_user.height else float("nan")
+    # polars types a Series' mean as any scalar; a non-empty Float64 column's is a float
+    return float(cast(float, per_user["auc"].mean())) if per_user.height else float("nan")
 
 
 def ctr_metrics(user_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:

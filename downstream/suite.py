@@ -183,7 +183,8 @@ def train_all(section: DownstreamConfig, data_dir: Path, run_dir: Path, *,
         held, new_user_variants = _new_users(section, Path(data_dir), Path(run_dir), sources)
     jobs = plan(section, variants, new_user_variants)
     metas = {WITHOUT: {"method": WITHOUT, "kind": None, "profiles": []}, **variant_meta(codes, bank)}
-    metas |= {v: _meta(Path(p)) for v, (p, _) in sources.items() if v.startswith(STAT_PREFIX)}
+    metas |= {v: _meta(Path(p)) for v, (p, _) in sources.items()
+              if v.startswith(STAT_PREFIX) and p is not None}
     for variant, meta in metas.items():
         layout.write_variant_meta(variant, meta)
     args = [(j, str(data_dir), *sources[j.variant], section, str(run_dir), held) for j in jobs]
@@ -266,7 +267,7 @@ def evaluate_all(run_dir: Path, data_dir: Path, *, bank: Path | None = None) -> 
     for job, d in layout.trained():
         scorer = Scorer(d)
         rec = scorer.record
-        rows = slice(None)
+        rows: slice | np.ndarray = slice(None)
         if job.protocol == NEW_USERS:
             if held is None or rec.held_out != held.fingerprint:
                 raise InputError(f"{HeldOut.path(layout.held_out_dir)} does not name the users this "

@@ -41,7 +41,7 @@ def assign_chunked(theta: torch.Tensor, sl: slice, codebook: np.ndarray
 
 
 def _code_index(codebook: np.ndarray):
-    index = faiss.IndexFlatL2(codebook.shape[1])
+    index: faiss.Index = faiss.IndexFlatL2(codebook.shape[1])
     if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     index.add(np.ascontiguousarray(codebook, dtype=np.float32))
@@ -76,6 +76,7 @@ def kmeans_codebook(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     km = faiss.Kmeans(x.shape[1], k, niter=25, seed=seed, verbose=False,
                       max_points_per_centroid=1 << 20)
     km.train(np.ascontiguousarray(x, dtype=np.float32))
+    assert km.centroids is not None  # set by train
     return km.centroids.copy()
 
 

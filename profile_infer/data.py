@@ -26,7 +26,8 @@ from userip.errors import InputError
 
 log = logging.getLogger(__name__)
 
-BEHAVIOUR_COLUMNS = {"user_id": pl.String, "user_idx": pl.Int32, "items": pl.List(pl.String)}
+BEHAVIOUR_COLUMNS: dict[str, pl.DataType | type[pl.DataType]] = {
+    "user_id": pl.String, "user_idx": pl.Int32, "items": pl.List(pl.String)}
 
 
 @dataclass
@@ -56,12 +57,13 @@ class ProfileData:
         """(position in ``rows``, surrogate item row, label) of the train interactions of ``rows``."""
         starts, ends = self.inter_offsets[rows], self.inter_offsets[rows + 1]
         pos = np.repeat(np.arange(len(rows)), ends - starts)
-        idx = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(rows) else []
+        idx: np.ndarray | list[int] = (
+            np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(rows) else [])
         idx = np.asarray(idx, dtype=np.int64)
         return pos, self.inter_items[idx], self.inter_labels[idx]
 
 
-def _read(path: Path, columns: dict[str, pl.DataType]) -> pl.DataFrame:
+def _read(path: Path, columns: dict[str, pl.DataType | type[pl.DataType]]) -> pl.DataFrame:
     if not path.is_file():
         raise InputError("file not found (run `userip prepare` first)", path=str(path))
     try:
@@ -172,7 +174,7 @@ def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
     counts = np.bincount(rows, minlength=len(user_ids))
     skipped["users_without_train_interactions"] = int((counts == 0).sum())
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    none = (np.zeros(0, dtype=np.int64), [])
+    none: tuple[np.ndarray, list[list[int]]] = (np.zeros(0, dtype=np.int64), [])
     return ProfileData(user_ids, windows, *held.get("valid", none), *held.get("evidence", none),
                        offsets, train["srow"].to_numpy().astype(np.int64),
                        train["label"].to_numpy().astype(np.int64), item_vocab, skipped)

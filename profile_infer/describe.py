@@ -13,6 +13,7 @@ code are reported, so a lift never rests on one or two interactions.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import polars as pl
@@ -109,12 +110,12 @@ def describe_profile(codes: pl.DataFrame, train: pl.DataFrame, items: pl.DataFra
 
 
 def _attributes(codes: pl.DataFrame, users: pl.DataFrame, table: pl.DataFrame | None,
-                min_support: int) -> dict[str, dict[int, list[dict] | dict]]:
+                min_support: int) -> dict[str, Mapping[int, list[dict] | dict]]:
     """Per attribute and code: lifts of categorical values, or the median of a numeric one."""
     if table is None:
         return {}
     joined = codes.join(table, on="user_id")
-    out: dict[str, dict[int, list[dict] | dict]] = {}
+    out: dict[str, Mapping[int, list[dict] | dict]] = {}
     for name, dtype in table.schema.items():
         if name in ID_COLUMNS:
             continue

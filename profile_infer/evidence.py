@@ -24,7 +24,7 @@ def derangement(n: int, seed: int) -> np.ndarray:
     return other
 
 
-def gap(own: np.ndarray, other: np.ndarray) -> dict[str, float]:
+def gap(own: np.ndarray, other: np.ndarray) -> dict[str, float | list[float]]:
     """Mean per-user gap ``other − own`` with its 95% t-interval and paired p-value."""
     d = other - own
     n = len(d)

@@ -66,7 +66,8 @@ def materialize_embedded(name: str) -> Path:
     log.info("materializing %s from %s (once)", name, src / gguf_name)
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_name)
-    model.hf_quantizer = None
+    # from_pretrained sets hf_quantizer; PreTrainedModel does not declare it
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     with staging_dir(target, "model-cache") as tmp:
@@ -125,5 +126,6 @@ def load_frozen_lm(model: str, device: str = "auto") -> LoadedLM:
     lm.eval()
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    lm.to(dev)
+    # transformers wraps to() with @wraps(nn.Module.to), which types it as the unbound method
+    lm.to(dev)  # type: ignore[arg-type]
     return LoadedLM(lm, tokenizer, path, dev, dtype, pad_fallback)

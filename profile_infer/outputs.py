@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -33,7 +34,7 @@ from userip.profile_infer.layout import (
 
 
 def nearest_tokens(vectors: torch.Tensor, embeddings: torch.Tensor, tokenizer,
-                   top: int = 5) -> list[list[dict]]:
+                   top: int = 5) -> list[list[list[dict[str, Any]]]]:
     """For each (n_tokens, d) vector group: the vocabulary tokens nearest by cosine.
 
     Both sides are centred on the mean embedding first: θ starts at that mean, and raw

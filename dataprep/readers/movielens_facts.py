@@ -6,6 +6,8 @@ ML-1M records a user's age as a band code (its README: 1 "Under 18", 18 "18-24",
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import polars as pl
 
@@ -15,6 +17,7 @@ ML1M_AGE_BAND_STARTS = (18, 25, 35, 45, 50, 56)  # each band's first year, after
 def age_bands(age: pl.Series) -> np.ndarray:
     """One band label per user, comparable across both sources: ML-100K years are banded
     as ML-1M bands them (band index as a string), ML-1M codes are kept."""
-    if age.dtype.is_numeric() and age.max() > ML1M_AGE_BAND_STARTS[-1]:
+    # polars types max() as any scalar; a numeric column's is a number
+    if age.dtype.is_numeric() and cast(float, age.max()) > ML1M_AGE_BAND_STARTS[-1]:
         return np.digitize(age.to_numpy(), ML1M_AGE_BAND_STARTS).astype(str)
     return age.cast(pl.String).to_numpy()

@@ -5,6 +5,7 @@ Saved in LightGBM's own text format (nothing is unpickled on load)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import lightgbm as lgb
 import numpy as np
@@ -45,12 +46,20 @@ class LightGBM(CTRModel):
                        val_auc=float(self.booster.best_score["valid_0"]["auc"]),
                        epochs_run=int(self.booster.current_iteration()), epoch_cap=MAX_ROUNDS)
 
+    def _fitted(self) -> lgb.Booster:
+        assert self.booster is not None, "fit or load the model first"
+        return self.booster
+
     def predict(self, x_cat: np.ndarray, x_dense: np.ndarray) -> np.ndarray:
-        return self.booster.predict(_features(x_cat, x_dense), num_iteration=self.booster.best_iteration)
+        booster = self._fitted()
+        # a dense matrix without pred_contrib: LightGBM returns an ndarray
+        return cast(np.ndarray, booster.predict(_features(x_cat, x_dense),
+                                                num_iteration=booster.best_iteration))
 
     def save(self, out_dir: Path) -> None:
-        self.booster.save_model(str(Path(out_dir) / RunLayout.LIGHTGBM_MODEL),
-                                num_iteration=self.booster.best_iteration)
+        booster = self._fitted()
+        booster.save_model(str(Path(out_dir) / RunLayout.LIGHTGBM_MODEL),
+                           num_iteration=booster.best_iteration)
 
     def load(self, model_dir: Path) -> None:
         self.booster = lgb.Booster(model_file=str(Path(model_dir) / RunLayout.LIGHTGBM_MODEL))

@@ -55,6 +55,7 @@ class TorchModel(CTRModel):
                 best_auc, best_epoch, best_state = auc, epoch, copy.deepcopy(net.state_dict())
             elif epoch - best_epoch >= hp.patience:
                 break
+        assert best_state is not None  # epochs >= 1 and the first AUC beats -1
         net.load_state_dict(best_state)
         return FitInfo(best_epoch=best_epoch, val_auc=best_auc, val_auc_history=history,
                        epochs_run=len(history), epoch_cap=hp.epochs)
