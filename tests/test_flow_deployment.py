@@ -14,7 +14,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tests.prefect_stack import prefect_stack
+from tests.prefect_stack import deployments
 from userip.feature_bank import FeatureBank
 
 pytestmark = pytest.mark.slow
@@ -39,10 +39,10 @@ def _artifact_keys(env: dict[str, str]) -> set[str]:
     return {a.key for a in arts}
 
 
-def test_full_deployment_cached_rerun_and_nightly_refresh(tmp_path: Path) -> None:
+def test_full_deployment_cached_rerun_and_nightly_refresh(prefect_api: str, tmp_path: Path) -> None:
     workdir = tmp_path / "work"
     base = {"config": "configs/tiny.yaml", "overrides": {"workdir": str(workdir)}}
-    with prefect_stack(tmp_path / "prefect") as env:
+    with deployments(prefect_api, tmp_path / "prefect") as env:
         state, tasks = _run(env, "userip/full", base)
         assert state == "COMPLETED", tasks
         assert all(tasks[s] == "Completed" for s in (*UPSTREAM, "evaluate", "report")), tasks

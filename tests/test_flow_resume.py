@@ -11,15 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.prefect_stack import BIN, REPO
+from tests.prefect_stack import BIN, REPO, client_env
 
 pytestmark = pytest.mark.slow
 
 
-def _userip_run(workdir: Path, home: Path) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PYTHONUNBUFFERED": "1"}
-    env.pop("PREFECT_API_URL", None)
+def _userip_run(workdir: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         [str(BIN / "userip"), "run", "--config", "configs/tiny.yaml",
          "--set", f"workdir={workdir}", "--set", "profile.checkpoint_every=1",
@@ -28,9 +25,9 @@ def _userip_run(workdir: Path, home: Path) -> subprocess.Popen:
         start_new_session=True)
 
 
-def test_sigkill_during_infer_then_resume(tmp_path: Path) -> None:
-    workdir, home = tmp_path / "work", tmp_path / "prefect"
-    first = _userip_run(workdir, home)
+def test_sigkill_during_infer_then_resume(prefect_api: str, tmp_path: Path) -> None:
+    workdir, env = tmp_path / "work", client_env(prefect_api, tmp_path / "prefect")
+    first = _userip_run(workdir, env)
     deadline = time.monotonic() + 900
     while not list(workdir.glob("infer/*.ckpt/state.*.pt")):
         assert first.poll() is None, first.stdout.read()
@@ -41,7 +38,7 @@ def test_sigkill_during_infer_then_resume(tmp_path: Path) -> None:
     assert not [p for p in (workdir / "infer").iterdir() if not p.name.endswith(".ckpt")
                 and not p.name.startswith(".")], "a killed run published a profile"
 
-    second = _userip_run(workdir, home)
+    second = _userip_run(workdir, env)
     out, _ = second.communicate(timeout=1500)
     assert second.returncode == 0, out
     assert "Finished in state Cached" in out  # prepare, from the first run

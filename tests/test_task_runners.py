@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tests.prefect_stack import REPO
+from tests.prefect_stack import REPO, client_env
 from userip.config import DownstreamConfig
 from userip.downstream.layout import FitRecord, Job, RunLayout
 from userip.downstream.suite import train_all
@@ -66,7 +66,8 @@ train_models.with_options(task_runner=task_runner("dask", 2))(json.loads(section
 
 
 @pytest.mark.slow
-def test_dask_runner_trains_on_a_local_cluster(ml100k_small_dir: Path, tmp_path: Path) -> None:
+def test_dask_runner_trains_on_a_local_cluster(prefect_api: str, ml100k_small_dir: Path,
+                                               tmp_path: Path) -> None:
     """The downstream training through Prefect on a real dask.distributed LocalCluster (two
     worker processes): every fit lands where the suite puts it, equal to the same fits
     trained in this process."""
@@ -76,11 +77,8 @@ def test_dask_runner_trains_on_a_local_cluster(ml100k_small_dir: Path, tmp_path:
     section = DownstreamConfig(models=("dcn", "lightgbm"), transfer_models=(), ablation_models=("dcn",),
                                seeds=(0,), epochs=2, batch_size=256, new_user_share=0.0,
                                task_runner="dask", workers=2)
-    # a temporary Prefect server migrates a fresh database first: slow on a busy 2-core box
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    env = {**client_env(prefect_api, tmp_path / "prefect"),
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    env.pop("PREFECT_API_URL", None)
     on_dask = tmp_path / "dask-run"
     proc = subprocess.run([sys.executable, "-c", _DASK_RUN, section.model_dump_json(), str(ml100k_small_dir),
                            str(codes), str(on_dask)], cwd=REPO, env=env, capture_output=True, text=True,

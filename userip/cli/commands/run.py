@@ -48,14 +48,15 @@ def run(args: argparse.Namespace) -> int:
     # take longer than Prefect's default 20 s.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline hosts
-    from userip.cli.summary import summary_table
+    # Settings first: a bad one is one line now, not after a server start (30-60 s), and
+    # before the flow's imports (Prefect, torch: seconds).
+    overrides = parse_overrides(args.set)
+    load_config(args.config, overrides)
     from userip.flows.plan import select
     from userip.flows.userip_flow import FULL, userip
 
-    # Settings first: a bad one is one line now, not after a server start (30-60 s).
-    overrides = parse_overrides(args.set)
-    load_config(args.config, overrides)
     select(FULL, args.stages, args.from_stage)
+    from userip.cli.summary import summary_table
 
     start = time.monotonic()
     outputs = userip(
