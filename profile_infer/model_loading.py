@@ -66,8 +66,7 @@ def materialize_embedded(name: str) -> Path:
     log.info("materializing %s from %s (once)", name, src / gguf_name)
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_name)
-    # from_pretrained sets hf_quantizer; PreTrainedModel does not declare it
-    model.hf_quantizer = None  # type: ignore[assignment]
+    model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     with staging_dir(target, "model-cache") as tmp:
@@ -126,6 +125,5 @@ def load_frozen_lm(model: str, device: str = "auto") -> LoadedLM:
     lm.eval()
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    # transformers wraps to() with @wraps(nn.Module.to), which types it as the unbound method
-    lm.to(dev)  # type: ignore[arg-type]
+    lm.to(dev)
     return LoadedLM(lm, tokenizer, path, dev, dtype, pad_fallback)
