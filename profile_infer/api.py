@@ -14,7 +14,7 @@ from userip.errors import ConfigError, InputError
 from userip.fingerprint import hash_json, hash_paths
 from userip.profile_infer import distributed as dd
 from userip.profile_infer.codebooks import codes_frame
-from userip.profile_infer.data import load_profile_data
+from userip.profile_infer.data import READS, load_profile_data
 from userip.profile_infer.evidence import lm_evidence
 from userip.profile_infer.layout import Profile, ProfileEntry, ProfileMeta
 from userip.profile_infer.model_loading import load_frozen_lm
@@ -86,8 +86,10 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
     data = load_profile_data(data_dir, loaded.tokenizer, budget, users, cfg.valid_max_users,
                              cfg.seed, cfg.evidence_max_users,
                              item_vocab=base.item_ids if base else None)
-    # what a checkpoint must match to be resumed: settings, data content, refreshed users
-    fingerprint = hash_json({"config": cfg.learned(), "data": hash_paths([data_dir]),
+    # what a checkpoint must match to be resumed: settings, the content of the files read
+    # (not the rest of the folder: rejects, items, users), refreshed users
+    read = [data_dir / name for name in READS if (data_dir / name).is_file()]
+    fingerprint = hash_json({"config": cfg.learned(), "data": hash_paths(read),
                              "users": sorted(users or [])})
 
     prior = None

@@ -26,6 +26,8 @@ from userip.errors import InputError
 
 log = logging.getLogger(__name__)
 
+READS = (BEHAVIOUR, BEHAVIOUR_VALID, INTERACTIONS)  # the data set's files this stage reads
+
 BEHAVIOUR_COLUMNS: dict[str, pl.DataType | type[pl.DataType]] = {
     "user_id": pl.String, "user_idx": pl.Int32, "items": pl.List(pl.String)}
 
