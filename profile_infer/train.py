@@ -196,7 +196,7 @@ class Trainer:
         is learned once, so a user's own steps go to what sets them apart."""
         cfg, st = self.cfg, self.state
         shared = st.theta[:1].clone().to(self.device).requires_grad_(True)
-        opt = torch.optim.Adam([shared], lr=cfg.lr)
+        opt = torch.optim.Adam([shared], lr=cfg.shared_lr or cfg.lr)
         batches = self.epoch_batches(-1)
         for step in range(cfg.shared_steps):
             rows, _ = self._split(batches[step % len(batches)])

@@ -108,6 +108,21 @@ def test_shared_start_makes_differences_come_from_the_data(tiny, tmp_path):
         ProfileConfig(**{**base, "warmup_epochs": 0})
 
 
+def test_shared_start_has_its_own_learning_rate(tiny, tmp_path):
+    """shared_lr drives the shared start; the per-user steps after it run at lr."""
+    data = write_data_dir(tmp_path / "data", n_users=8)
+    base = dict(model=str(tiny), max_target_tokens=16, batch_size=4, warmup_epochs=1,
+                max_epochs=1, explain_users=0, lr=1e-6, shared_steps=3)
+    emb_mean = load_frozen_lm(str(tiny), "cpu").model.get_input_embeddings().weight.mean(0)
+
+    def moved(**kw) -> float:
+        theta = Profile.read(infer(ProfileConfig(**base, **kw), data, tmp_path / str(kw))).theta
+        return float((theta.mean(0) - emb_mean).abs().max())
+
+    fast, slow = moved(shared_lr=0.05), moved()
+    assert fast > 0.05 and slow < 1e-3  # Adam: about shared_lr (or lr) per coordinate per step
+
+
 def test_ema_codebook_follows_its_users_and_a_code_without_users_stays():
     cb = EMACodebook(2, 2, decay=0.5, device=torch.device("cpu"))
     cb.reset(torch.tensor([[0.0, 0.0], [5.0, 5.0]]), torch.tensor([2.0, 2.0], dtype=torch.float64))

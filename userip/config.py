@@ -105,6 +105,9 @@ class ProfileConfig(Section):
     shared_steps: int = Field(
         0, ge=0, description="theta_init shared: batches that first tune the one shared start "
                              "on every user's text (0: the LM's mean input embedding)")
+    shared_lr: float | None = Field(
+        None, gt=0.0, description="Adam's lr for the shared start (None: lr); the per-user "
+                                  "steps after it use lr")
     alpha: float = Field(1.0, ge=0.0, description="weight of ℓ_vec (Eq. 7)")
     beta: float = Field(0.25, ge=0.0, description="commitment weight inside ℓ_vec (Eq. 4)")
     gamma: float = Field(1.0, ge=0.0, description="weight of ℓ_rec when rec_grad_share is null")
