@@ -16,18 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from userip.config import load_config
 from userip.dataprep.behaviour import DISLIKED, LIKED
 from userip.profile_infer.data import load_profile_data
-from userip.profile_infer.evidence import derangement, gap, lm_evidence
+from userip.profile_infer.evidence import lm_evidence
 from userip.profile_infer.layout import Profile
 from userip.profile_infer.model_loading import load_frozen_lm
-from userip.profile_infer.prompt import build_layout, pad_targets, target_nll
+from userip.profile_infer.prompt import build_layout
 from userip.profile_infer.train import Trainer
 
 
@@ -53,30 +53,14 @@ def main() -> None:
     ev = lm_evidence(trainer.per_user_nll, pub.theta, data.evidence_rows,
                      data.evidence_targets, pub.codebooks, layout.profile_slices, cfg.seed)
     if args.feedback:
-        words = {lm.tokenizer(f" {w}", add_special_tokens=False).input_ids[0] for w in (LIKED, DISLIKED)}
-        rows = torch.as_tensor(data.evidence_rows)
-        own = pub.theta[rows]
-        other = own[torch.as_tensor(derangement(len(rows), cfg.seed))]
-        mean = pub.theta.mean(0, keepdim=True).expand_as(own).contiguous()
-        scores = [feedback_nll(lm, layout, t, data.evidence_targets, words) for t in (own, other, mean)]
-        has = np.isfinite(scores[0])  # same targets, so the same users in all three
-        ev["feedback"] = {**gap(scores[0][has], scores[1][has]), "n_users": int(has.sum()),
-                          "mean_theta": float(scores[2][has].mean()),
-                          "note": "NLL of the feedback word's first token only"}
+        words = torch.tensor(sorted({lm.tokenizer(f" {w}", add_special_tokens=False).input_ids[0]
+                                     for w in (LIKED, DISLIKED)}))
+        has = [i for i, t in enumerate(data.evidence_targets) if torch.isin(torch.tensor(t), words).any()]
+        ev["feedback"] = lm_evidence(partial(trainer.per_user_nll, only=words), pub.theta,
+                                     data.evidence_rows[has], [data.evidence_targets[i] for i in has],
+                                     [], (), cfg.seed)
+        ev["feedback"]["note"] = "NLL of the feedback word's first token only; users with one"
     print(json.dumps({"profile": str(args.profile), "seconds": round(time.perf_counter() - t0), **ev}))
-
-
-@torch.no_grad()
-def feedback_nll(lm, layout, theta: torch.Tensor, targets: list[list[int]], words: set[int],
-                 batch: int = 64) -> np.ndarray:
-    """Mean NLL per user of the target tokens in ``words`` (users without one dropped)."""
-    out = []
-    for i in range(0, len(targets), batch):
-        ids, real = pad_targets(targets[i: i + batch], lm.tokenizer.pad_token_id)
-        mark = real & torch.isin(ids, torch.tensor(sorted(words)))
-        nll, n = target_nll(lm.model, layout, theta[i: i + batch], ids, mark)
-        out.append((nll / n.clamp(min=1)).masked_fill(n == 0, float("nan")).numpy())
-    return np.concatenate(out)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import yaml
 from userip.config import load_config
 from userip.dataprep.layout import BEHAVIOUR
 from userip.profile_infer.data import load_profile_data
-from userip.profile_infer.evidence import derangement, gap
+from userip.profile_infer.evidence import lm_evidence
 from userip.profile_infer.model_loading import load_frozen_lm
 from userip.profile_infer.prompt import build_layout
 from userip.profile_infer.train import Trainer
@@ -53,8 +53,6 @@ def main() -> None:
     t0 = time.perf_counter()
     if cfg.shared_steps:
         trainer.fit_shared_start()
-    rows = torch.as_tensor(data.evidence_rows)
-    other = torch.as_tensor(derangement(len(rows), cfg.seed))
     curve = [trainer.valid_loss()]
     report_at = set(args.report_at or [args.epochs])
     for epoch in range(args.epochs):
@@ -62,15 +60,10 @@ def main() -> None:
         for batch in trainer.epoch_batches(epoch):
             trainer.train_step(batch, joint=False)
         curve.append(trainer.valid_loss())
-        if epoch + 1 in report_at:
-            theta = trainer.full_theta()
-            own = theta[rows]
-            scored = gap(trainer.per_user_nll(own, data.evidence_targets),
-                         trainer.per_user_nll(own[other], data.evidence_targets))
-            mean = trainer.per_user_nll(theta.mean(0, keepdim=True).expand_as(own).contiguous(),
-                                        data.evidence_targets)
-            print(json.dumps({"epoch": epoch + 1, "theta": scored, "mean_theta": float(mean.mean())}),
-                  flush=True)
+        if epoch + 1 in report_at:  # no codebooks yet: the θ gap and the mean θ only
+            ev = lm_evidence(trainer.per_user_nll, trainer.full_theta(), data.evidence_rows,
+                             data.evidence_targets, [], (), cfg.seed)
+            print(json.dumps({"epoch": epoch + 1, **ev}), flush=True)
     print(json.dumps({"users": len(data.user_ids), "overrides": overrides, "valid_curve": curve,
                       "seconds": round(time.perf_counter() - t0)}))
 

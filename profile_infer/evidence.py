@@ -52,15 +52,14 @@ def lm_evidence(score, theta: torch.Tensor, rows: np.ndarray, targets: list[list
     n = len(rows)
     if n < 2:
         return {"n_users": n, "note": "fewer than 2 validation users: no gap measured"}
-    other = derangement(n, seed)
+    other = torch.as_tensor(derangement(n, seed))
     own_theta = theta[torch.as_tensor(rows)]
     own = score(own_theta, targets)
     mean = score(theta.mean(0, keepdim=True).expand_as(own_theta).contiguous(), targets)
-    codes = code_theta(own_theta, codebooks, slices)
-    own_code = score(codes, targets)
-    return {"n_users": n,
-            "theta": gap(own, score(own_theta[torch.as_tensor(other)], targets)),
-            "code": gap(own_code, score(codes[torch.as_tensor(other)], targets)),
-            "mean_theta": float(mean.mean()),
-            "note": "validation LM loss (mean target NLL on the valid-split items); "
-                    "other = another user's θ or codes (seeded derangement)"}
+    out: dict = {"n_users": n, "theta": gap(own, score(own_theta[other], targets))}
+    if codebooks:  # none before the codebooks exist (a warm-up-only run)
+        codes = code_theta(own_theta, codebooks, slices)
+        out["code"] = gap(score(codes, targets), score(codes[other], targets))
+    return out | {"mean_theta": float(mean.mean()),
+                  "note": "validation LM loss (mean target NLL on the valid-split items); "
+                          "other = another user's θ or codes (seeded derangement)"}

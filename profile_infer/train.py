@@ -217,12 +217,16 @@ class Trainer:
 
     # ---- validation -------------------------------------------------------------------
     @torch.no_grad()
-    def per_user_nll(self, theta: torch.Tensor, targets: list[list[int]]) -> np.ndarray:
-        """Mean target NLL per row of ``theta`` (n, T, d) on ``targets`` (n lists of ids)."""
+    def per_user_nll(self, theta: torch.Tensor, targets: list[list[int]],
+                     only: torch.Tensor | None = None) -> np.ndarray:
+        """Mean target NLL per row of ``theta`` (n, T, d) on ``targets`` (n lists of ids);
+        with ``only`` (token ids), over those target tokens alone (each list must hold one)."""
         out = np.empty(len(targets))
         step = 2 * self.cfg.batch_size
         for i in range(0, len(targets), step):
             ids, real = pad_targets(targets[i: i + step], self.lm_pad)
+            if only is not None:
+                real &= torch.isin(ids, only)
             nll, counts = target_nll(self.lm, self.layout, theta[i: i + step].to(self.device),
                                      ids, real)
             out[i: i + step] = (nll / counts).cpu().numpy()

@@ -195,6 +195,30 @@ def test_lm_evidence_finds_a_personal_theta_and_no_gap_without_one():
     flat = lm_evidence(lambda t, tg: np.ones(len(tg)), theta, rows, targets, books,
                        (slice(0, 1), slice(1, 2)), seed=0)
     assert flat["theta"]["gap"] == 0.0
+    warmup = lm_evidence(personal, theta, rows, targets, [], (), seed=0)  # no codebooks yet
+    assert "code" not in warmup and warmup["theta"] == ev["theta"]
+
+
+def test_per_user_nll_can_count_chosen_tokens_only(tiny, tmp_path):
+    from userip.profile_infer.prompt import build_layout, pad_targets, target_nll
+    from userip.profile_infer.train import Trainer
+
+    cfg = ProfileConfig(model=str(tiny), max_target_tokens=16, batch_size=4, explain_users=0)
+    data_dir = write_data_dir(tmp_path / "data", n_users=4)
+    lm = load_frozen_lm(str(tiny), "cpu")
+    layout = build_layout(lm.tokenizer, cfg.profiles, cfg.task)
+    data = load_profile_data(data_dir, lm.tokenizer, 16)
+    trainer = Trainer(cfg, lm.model, layout, data, lm.device, lm.tokenizer.pad_token_id, "t",
+                      tmp_path / "ckpt")
+    targets = [data.window(r, 0) for r in range(4)]
+    token = torch.tensor([targets[0][-1]])
+    with torch.no_grad():
+        ids, real = pad_targets(targets[:1], lm.tokenizer.pad_token_id)
+        pick = real & (ids == token)
+        nll, n = target_nll(lm.model, layout, trainer.theta[:1], ids, pick)
+    counted = trainer.per_user_nll(trainer.theta[:1], targets[:1], only=token)
+    assert counted[0] == pytest.approx(float(nll[0] / n[0]), rel=1e-5)
+    assert counted[0] != pytest.approx(trainer.per_user_nll(trainer.theta[:1], targets[:1])[0])
 
 
 def test_code_nmi_beats_the_null_only_when_codes_follow_the_attribute(ml100k_small_dir):
