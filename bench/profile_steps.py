@@ -2,8 +2,9 @@
 
 The real ``Trainer`` on a prepared data set: the shared start, then ``--epochs`` epochs of
 per-user ℓ_llm steps (warm-up only: no codebooks, no surrogate), scoring after each epoch
-listed in ``--report-at`` the validation LM loss and the gap (another user's θ, a seeded
-derangement) on the users' validation windows. Prints one JSON line per report and a final
+listed in ``--report-at`` the validation LM loss and the gap (other users' θ: the config's
+``evidence_draws`` seeded derangements) on the users' validation windows, over every
+target token and on the feedback words alone. Prints one JSON line per report and a final
 summary. The profile settings are the config's, with ``--set key=value`` overrides (YAML
 values), e.g. the README's lr choice:
     python bench/profile_steps.py --config configs/demo.yaml --data runs/demo/prepare/<key> \\
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -25,7 +27,7 @@ import yaml
 from userip.config import load_config
 from userip.dataprep.layout import BEHAVIOUR
 from userip.profile_infer.data import load_profile_data
-from userip.profile_infer.evidence import lm_evidence
+from userip.profile_infer.evidence import feedback_words, lm_evidence
 from userip.profile_infer.model_loading import load_frozen_lm
 from userip.profile_infer.prompt import build_layout
 from userip.profile_infer.train import Trainer
@@ -50,6 +52,7 @@ def main() -> None:
                              None, cfg.seed, None)
     trainer = Trainer(cfg, lm.model, layout, data, lm.device, lm.tokenizer.pad_token_id,
                       "bench", Path("/nonexistent"))
+    score = partial(trainer.score_targets, words=feedback_words(lm.tokenizer))
     t0 = time.perf_counter()
     if cfg.shared_steps:
         trainer.fit_shared_start()
@@ -61,8 +64,8 @@ def main() -> None:
             trainer.train_step(batch, joint=False)
         curve.append(trainer.valid_loss())
         if epoch + 1 in report_at:  # no codebooks yet: the θ gap and the mean θ only
-            ev = lm_evidence(trainer.per_user_nll, trainer.full_theta(), data.evidence_rows,
-                             data.evidence_targets, [], (), cfg.seed)
+            ev = lm_evidence(score, trainer.full_theta(), data.evidence_rows,
+                             data.evidence_targets, [], (), cfg.seed, cfg.evidence_draws)
             print(json.dumps({"epoch": epoch + 1, **ev}), flush=True)
     print(json.dumps({"users": len(data.user_ids), "overrides": overrides, "valid_curve": curve,
                       "seconds": round(time.perf_counter() - t0)}))

@@ -44,11 +44,18 @@ def profile_evidence(metas: dict[str, dict[str, Any]]) -> tuple[list[str], dict[
         lm = ProfileMeta.read(Path(source)).evidence or {}
         found["lm"] = lm
         if "theta" in lm:
+            fb = lm.get("feedback", {})
             md += [f"Validation LM loss (mean target NLL of the valid-split items, {lm['n_users']} "
-                   "users) with each user's own profile against another user's (a seeded "
-                   "derangement); gap = other − own per user, 95% t-interval, paired t-test. "
-                   f"Every user at the mean θ: {lm['mean_theta']:.4f}.", "",
-                   *LM_GAP.render([("θ", lm["theta"]), ("code vectors", lm["code"])]), ""]
+                   "users) with each user's own profile against other users' (the mean over "
+                   f"{lm.get('draws', 1)} seeded derangement(s)); gap = other − own per user, 95% "
+                   "t-interval, paired t-test; *feedback word*: the first token of the liked / "
+                   "disliked marks alone, on the users who have one. Every user at the mean θ: "
+                   f"{lm['mean_theta']:.4f} (feedback word: "
+                   + (f"{fb['mean_theta']:.4f}" if fb else "not scored") + ").", "",
+                   *LM_GAP.render([(name + tokens, part[kind])
+                                   for tokens, part in (("", lm), (", feedback word", fb))
+                                   for kind, name in (("theta", "θ"), ("code", "code vectors"))
+                                   if kind in part]), ""]
         elif lm:
             md += [f"No LM-loss evidence: {lm.get('note', 'not measured')}.", ""]
     rows = []

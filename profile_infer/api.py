@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -15,7 +16,7 @@ from userip.fingerprint import hash_json, hash_paths
 from userip.profile_infer import distributed as dd
 from userip.profile_infer.codebooks import codes_frame
 from userip.profile_infer.data import READS, load_profile_data
-from userip.profile_infer.evidence import lm_evidence
+from userip.profile_infer.evidence import feedback_words, lm_evidence
 from userip.profile_infer.layout import Profile, ProfileEntry, ProfileMeta
 from userip.profile_infer.model_loading import load_frozen_lm
 from userip.profile_infer.outputs import explanation, publish
@@ -109,8 +110,10 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
     rank, world = dd.world()
     if rank == 0:
         codes = codes_frame(data.user_ids, theta, trainer.codebooks, names, layout.profile_slices)
-        evidence = lm_evidence(trainer.per_user_nll, theta, data.evidence_rows, data.evidence_targets,
-                               trainer.codebooks, layout.profile_slices, cfg.seed)
+        score = partial(trainer.score_targets, words=feedback_words(loaded.tokenizer))
+        evidence = lm_evidence(score, theta, data.evidence_rows, data.evidence_targets,
+                               trainer.codebooks, layout.profile_slices, cfg.seed,
+                               cfg.evidence_draws)
         log.info("evidence: own vs other θ gap %s", evidence.get("theta"))
         user_ids = data.user_ids
         if base is not None:

@@ -92,12 +92,12 @@ def pad_targets(targets: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
     return ids, real
 
 
-def target_nll(lm, layout: PromptLayout, theta: torch.Tensor, target_ids: torch.Tensor,
-               target_real: torch.Tensor, return_hidden: bool = False):
-    """Per-user summed and counted target cross-entropy given soft tokens ``theta`` (B, T, d).
+def token_nll(lm, layout: PromptLayout, theta: torch.Tensor, target_ids: torch.Tensor,
+              target_real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of every real target token given soft tokens ``theta`` (B, T, d).
 
-    The LM head runs only on the positions that predict a target token. Returns
-    ``(nll_sum (B,), n_tokens (B,))`` and, when asked, the last hidden states.
+    The LM head runs only on the positions that predict a target token. Returns the NLLs
+    ``(N,)`` in row-major order of ``target_real``'s true entries, and the last hidden states.
     """
     dev = theta.device
     emb = lm.get_input_embeddings()
@@ -115,10 +115,25 @@ def target_nll(lm, layout: PromptLayout, theta: torch.Tensor, target_ids: torch.
     real = target_real.to(dev)
     predicting = hidden[:, p - 1: p + lt - 1][real]
     logits = lm.get_output_embeddings()(predicting).float()
-    nll = F.cross_entropy(logits, target_ids.to(dev)[real], reduction="none")
-    owner = torch.arange(b, device=dev)[:, None].expand(b, lt)[real]
-    nll_sum = torch.zeros(b, device=dev).index_add(0, owner, nll)
-    counts = real.sum(1).to(dev)
+    return F.cross_entropy(logits, target_ids.to(dev)[real], reduction="none"), hidden
+
+
+def per_row_sum(values: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Sum per row of ``real`` (B, L) of ``values`` given for its true entries, row-major."""
+    b = real.shape[0]
+    owner = torch.arange(b, device=values.device)[:, None].expand_as(real)[real.to(values.device)]
+    return torch.zeros(b, device=values.device, dtype=values.dtype).index_add(0, owner, values)
+
+
+def target_nll(lm, layout: PromptLayout, theta: torch.Tensor, target_ids: torch.Tensor,
+               target_real: torch.Tensor, return_hidden: bool = False):
+    """Per-user summed and counted target cross-entropy (``token_nll`` summed per row).
+
+    Returns ``(nll_sum (B,), n_tokens (B,))`` and, when asked, the last hidden states.
+    """
+    nll, hidden = token_nll(lm, layout, theta, target_ids, target_real)
+    nll_sum = per_row_sum(nll, target_real)
+    counts = target_real.sum(1).to(theta.device)
     if return_hidden:
         return nll_sum, counts, hidden
     return nll_sum, counts

@@ -38,7 +38,7 @@ from userip.profile_infer.codebooks import (
     reseed_dead_codes,
 )
 from userip.profile_infer.data import ProfileData
-from userip.profile_infer.prompt import PromptLayout, pad_targets, target_nll
+from userip.profile_infer.prompt import PromptLayout, pad_targets, per_row_sum, target_nll, token_nll
 from userip.profile_infer.state import Progress, TrainState
 from userip.profile_infer.surrogate import SurrogateDCN, commitment, rec_loss_sum, straight_through
 from userip.profile_infer.theta import RowAdamW, embedding_init, shared_init
@@ -217,19 +217,23 @@ class Trainer:
 
     # ---- validation -------------------------------------------------------------------
     @torch.no_grad()
-    def per_user_nll(self, theta: torch.Tensor, targets: list[list[int]],
-                     only: torch.Tensor | None = None) -> np.ndarray:
-        """Mean target NLL per row of ``theta`` (n, T, d) on ``targets`` (n lists of ids);
-        with ``only`` (token ids), over those target tokens alone (each list must hold one)."""
-        out = np.empty(len(targets))
+    def score_targets(self, theta: torch.Tensor, targets: list[list[int]],
+                      words: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        """Mean target NLL per row of ``theta`` (n, T, d) on ``targets`` (n lists of ids):
+        ``all`` over every target token and, with ``words`` (token ids), ``words`` over
+        those tokens alone (NaN for a target without one), both from one forward pass."""
+        out = {"all": np.empty(len(targets))} | ({"words": np.empty(len(targets))}
+                                                 if words is not None else {})
         step = 2 * self.cfg.batch_size
         for i in range(0, len(targets), step):
             ids, real = pad_targets(targets[i: i + step], self.lm_pad)
-            if only is not None:
-                real &= torch.isin(ids, only)
-            nll, counts = target_nll(self.lm, self.layout, theta[i: i + step].to(self.device),
-                                     ids, real)
-            out[i: i + step] = (nll / counts).cpu().numpy()
+            nll, _ = token_nll(self.lm, self.layout, theta[i: i + step].to(self.device), ids, real)
+            out["all"][i: i + step] = (per_row_sum(nll, real) / real.sum(1).to(nll.device)).cpu().numpy()
+            if words is not None:
+                picked = torch.isin(ids, words) & real
+                on = torch.isin(ids[real], words).to(nll.device)
+                mean = per_row_sum(nll * on, real) / picked.sum(1).to(nll.device)
+                out["words"][i: i + step] = mean.cpu().numpy()  # 0/0 = NaN: no such token
         return out
 
     def valid_loss(self) -> float:
@@ -237,8 +241,8 @@ class Trainer:
         if not len(vr):
             return float("nan")
         mine = np.flatnonzero(vr % self.world == self.rank)
-        nll = self.per_user_nll(self.state.theta[torch.as_tensor(vr[mine] // self.world)],
-                                [self.data.valid_targets[j] for j in mine])
+        nll = self.score_targets(self.state.theta[torch.as_tensor(vr[mine] // self.world)],
+                                 [self.data.valid_targets[j] for j in mine])["all"]
         total = dd.all_sum(torch.tensor([nll.sum(), len(mine)], dtype=torch.float64))
         return float(total[0] / total[1])
 

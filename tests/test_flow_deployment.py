@@ -47,7 +47,8 @@ def test_full_deployment_cached_rerun_and_nightly_refresh(prefect_api: str, tmp_
         assert state == "COMPLETED", tasks
         assert all(tasks[s] == "Completed" for s in (*UPSTREAM, "evaluate", "report")), tasks
         (run_dir,) = (workdir / "downstream").iterdir()
-        assert "Table 2" in (run_dir / "report.md").read_text()
+        report = (run_dir / "report.md").read_text()
+        assert "Table 2" in report and "| θ, feedback word |" in report
         assert (run_dir / "metrics.json").is_file()
         assert {"userip-metrics-tiny", "userip-report-tiny", "userip-bank-tiny"} <= _artifact_keys(env)
         first = FeatureBank.open(workdir / "bank")

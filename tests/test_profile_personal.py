@@ -185,21 +185,28 @@ def test_lm_evidence_finds_a_personal_theta_and_no_gap_without_one():
     targets = [[i] for i in range(20)]
     rows = np.arange(20)
 
-    def personal(t, tg):  # a user's loss is lowest at their own θ
-        return np.array([abs(float(x[0, 0]) - y[0]) for x, y in zip(t, tg)])
+    def personal(t, tg):  # a user's loss is lowest at their own θ; only even users have words
+        loss = np.array([abs(float(x[0, 0]) - y[0]) for x, y in zip(t, tg)])
+        return {"all": loss, "words": np.where(np.array([y[0] for y in tg]) % 2 == 0, loss, np.nan)}
 
     books = [torch.tensor([[0.0] * 3, [10.0] * 3, [19.0] * 3])] * 2
     ev = lm_evidence(personal, theta, rows, targets, books, (slice(0, 1), slice(1, 2)), seed=0)
     assert ev["theta"]["gap"] > 0 and ev["theta"]["ci95"][0] > 0
     assert ev["code"]["gap"] > 0
-    flat = lm_evidence(lambda t, tg: np.ones(len(tg)), theta, rows, targets, books,
+    assert ev["feedback"]["theta"]["n_users"] == 10 and ev["feedback"]["theta"]["gap"] > 0
+    flat = lm_evidence(lambda t, tg: {"all": np.ones(len(tg))}, theta, rows, targets, books,
                        (slice(0, 1), slice(1, 2)), seed=0)
-    assert flat["theta"]["gap"] == 0.0
+    assert flat["theta"]["gap"] == 0.0 and "feedback" not in flat
     warmup = lm_evidence(personal, theta, rows, targets, [], (), seed=0)  # no codebooks yet
     assert "code" not in warmup and warmup["theta"] == ev["theta"]
+    # several draws: the other side is the mean over that many derangements, one per seed
+    two = lm_evidence(personal, theta, rows, targets, [], (), seed=0, draws=2)
+    second = lm_evidence(personal, theta, rows, targets, [], (), seed=1)
+    assert two["draws"] == 2
+    assert two["theta"]["other"] == pytest.approx((ev["theta"]["other"] + second["theta"]["other"]) / 2)
 
 
-def test_per_user_nll_can_count_chosen_tokens_only(tiny, tmp_path):
+def test_score_targets_scores_every_token_and_the_chosen_words_in_one_pass(tiny, tmp_path):
     from userip.profile_infer.prompt import build_layout, pad_targets, target_nll
     from userip.profile_infer.train import Trainer
 
@@ -212,13 +219,17 @@ def test_per_user_nll_can_count_chosen_tokens_only(tiny, tmp_path):
                       tmp_path / "ckpt")
     targets = [data.window(r, 0) for r in range(4)]
     token = torch.tensor([targets[0][-1]])
+    absent = [i for i in targets[1] if i != int(token)]  # a target without the word
     with torch.no_grad():
         ids, real = pad_targets(targets[:1], lm.tokenizer.pad_token_id)
-        pick = real & (ids == token)
-        nll, n = target_nll(lm.model, layout, trainer.theta[:1], ids, pick)
-    counted = trainer.per_user_nll(trainer.theta[:1], targets[:1], only=token)
-    assert counted[0] == pytest.approx(float(nll[0] / n[0]), rel=1e-5)
-    assert counted[0] != pytest.approx(trainer.per_user_nll(trainer.theta[:1], targets[:1])[0])
+        nll, n = target_nll(lm.model, layout, trainer.theta[:1], ids, real & (ids == token))
+        whole, m = target_nll(lm.model, layout, trainer.theta[:1], ids, real)
+    scored = trainer.score_targets(trainer.theta[:1], targets[:1], words=token)
+    assert scored["words"][0] == pytest.approx(float(nll[0] / n[0]), rel=1e-5)
+    assert scored["all"][0] == pytest.approx(float(whole[0] / m[0]), rel=1e-5)
+    assert scored["words"][0] != pytest.approx(scored["all"][0])
+    assert np.isnan(trainer.score_targets(trainer.theta[:1], [absent], words=token)["words"][0])
+    assert "words" not in trainer.score_targets(trainer.theta[:1], targets[:1])
 
 
 def test_code_nmi_beats_the_null_only_when_codes_follow_the_attribute(ml100k_small_dir):

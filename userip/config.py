@@ -139,6 +139,9 @@ class ProfileConfig(Section):
     evidence_max_users: int | None = Field(
         None, ge=2, description="own- vs other-θ evidence on a fixed seeded subset of this many "
                                 "users with a validation text (None: all of them)")
+    evidence_draws: int = Field(
+        1, ge=1, description="other-user θ per validation user in the evidence: seeded "
+                             "derangements whose losses are averaged (each costs two passes)")
 
     @model_validator(mode="after")
     def _shared_start_needs_warmup(self) -> ProfileConfig:
