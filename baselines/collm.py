@@ -67,6 +67,9 @@ USER = ". Additionally, we have information about the user's preferences encoded
 ASK = ". Using all available information, make a prediction about whether the user would enjoy the movie titled "
 ITEM = " with the feature"
 END = '? Answer with "Yes" or "No".\n#Answer:'
+# The answer words as the authors' LLaMA tokenizer writes them (word-initial, "▁Yes"); the
+# score reads the first one's logit.
+ANSWERS = (" Yes", " No")
 
 
 @dataclass(frozen=True)
@@ -244,7 +247,7 @@ def _two_stages(cfg: CollmConfig, folder: Path, out_dir: Path, mf_dir: Path) -> 
     loaded = load_frozen_lm(cfg.model, cfg.device)
     lora = add_lora(loaded.model, cfg.lora)
     lm = SegmentLM(lora, loaded.tokenizer, loaded.device)
-    model = Model(lm, answer_ids(loaded.tokenizer, END, ["Yes", "No"])[0], cfg.eval_batch_size)
+    model = Model(lm, answer_ids(loaded.tokenizer, END, ANSWERS)[0], cfg.eval_batch_size)
 
     def text(rows: Rows, idx: Sequence[int]) -> list[list[Segment]]:
         f = rows.frame[list(idx)]

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 
 from userip.atomic import OutputDirError
 from userip.baselines import collm_mf
-from userip.baselines.collm import HEAD, Mapper, Model, prompt_tail, run, select_rows
+from userip.baselines.collm import ANSWERS, END, HEAD, Mapper, Model, prompt_tail, run, select_rows
 from userip.baselines.config import CollmConfig, MfConfig
 from userip.baselines.lm import SegmentLM, Text, Vectors, answer_ids, load_adapter, splits_cleanly
 from userip.errors import ConfigError
@@ -84,7 +84,7 @@ def test_small_run_selects_on_valid_keeps_lora_in_stage_2_and_reloads(tiny, tmp_
     # one adapter reproduces both stages' scores: stage 2 did not move LoRA
     fresh = load_frozen_lm(cfg.model, "cpu")
     lm = SegmentLM(load_adapter(fresh.model, tmp_path / "collm" / "adapter"), fresh.tokenizer, fresh.device)
-    model = Model(lm, answer_ids(fresh.tokenizer, '"No".\n#Answer:', ["Yes", "No"])[0], 12)
+    model = Model(lm, answer_ids(fresh.tokenizer, END, ANSWERS)[0], 12)
     test = select_rows(cfg)["test"]
     vectors = collm_mf.load_vectors(tmp_path / "mf")
     mapper = Mapper(8, lm.hidden_size, cfg.mapper_scale)
