@@ -11,6 +11,8 @@ sort); ours keeps file order there.
 
 from __future__ import annotations
 
+from functools import cache
+
 import polars as pl
 
 from userip.dataprep.readers.movielens import package_dataset_dir
@@ -58,9 +60,11 @@ def _histories(frame: pl.DataFrame) -> list[list[str]]:
     return out
 
 
+@cache
 def build_split() -> pl.DataFrame:
     """CoLLM's ML-1M rows: user_id (ML-1M id), title, rating, timestamp, month, label,
-    split, his_title, not_cold; sorted by split, user, time."""
+    split, his_title, not_cold; sorted by split, user, time. Built once per process (MF and
+    CoLLM both read it; polars frames are not changed in place)."""
     t = pl.from_epoch("timestamp", time_unit="s")
     month = (t.dt.year() - START_YEAR) * 12 + t.dt.month() - START_MONTH
     frame = (_ratings()

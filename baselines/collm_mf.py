@@ -13,17 +13,19 @@ import itertools
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 
 from userip.baselines.collm_data import build_split
 from userip.baselines.config import MfConfig
+from userip.baselines.runs import run_once
 from userip.downstream.metrics import ctr_metrics
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,49 @@ class MfResult:
     out_dir: str
 
 
+def warm_rows(train: pl.DataFrame, frame: pl.DataFrame, min_count: int) -> np.ndarray:
+    """Per row of ``frame``: its user and its item each occur ``min_count`` times in train."""
+    user_n = train.group_by("user_id").len("user_n")
+    item_n = train.group_by("title").len("item_n")
+    return (frame.join(user_n, on="user_id", how="left")
+            .join(item_n, on="title", how="left")
+            .select((pl.col("user_n").fill_null(0) >= min_count)
+                    & (pl.col("item_n").fill_null(0) >= min_count))
+            .to_series().to_numpy())
+
+
+def warm_cold_metrics(user_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                      warm: np.ndarray) -> dict[str, dict[str, float]]:
+    """AUC, logloss, UAUC and n on all rows and on the warm and cold subsets."""
+    return {name: ctr_metrics(user_ids[mask], labels[mask], scores[mask])
+            for name, mask in (("all", np.ones(len(labels), dtype=bool)), ("warm", warm),
+                               ("cold", ~warm))}
+
+
+@dataclass(frozen=True)
+class MfVectors:
+    """A saved MF model: row 0 of each table is the unknown id's zero vector."""
+    user: torch.Tensor                # [n_users + 1, dim]
+    item: torch.Tensor                # [n_items + 1, dim]
+    user_index: dict[str, int]
+    item_index: dict[str, int]
+
+    def rows(self, user_ids: Sequence[str], titles: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MF user and item vectors of each (user, title) pair (zero when unknown)."""
+        u = torch.tensor([self.user_index.get(x, 0) for x in user_ids])
+        i = torch.tensor([self.item_index.get(x, 0) for x in titles])
+        return self.user[u], self.item[i]
+
+
+def load_vectors(out_dir: Path) -> MfVectors:
+    """The embeddings ``run`` published in ``out_dir``."""
+    tables = load_file(Path(out_dir) / "mf.safetensors")
+    ids = json.loads((Path(out_dir) / "ids.json").read_text())
+    return MfVectors(tables["user"], tables["item"],
+                   {x: i + 1 for i, x in enumerate(ids["users"])},
+                   {x: i + 1 for i, x in enumerate(ids["items"])})
+
+
 def _encode(frame: pl.DataFrame, users: dict[str, int], items: dict[str, int]) -> Encoded:
     return Encoded(
         torch.tensor([users.get(u, 0) for u in frame["user_id"]]),
@@ -107,9 +152,18 @@ def _fit(train: Encoded, valid: Encoded, n_users: int, n_items: int, dim: int, l
     return model, best[1], best[0]
 
 
+STAGE = "baselines-collm-mf"
+
+
 def run(cfg: MfConfig, out_dir: Path) -> MfResult:
-    """Grid-search MF on validation, score test (all, warm, cold); writes ``mf.safetensors``,
-    ``ids.json`` (row i + 1 of each table is the i-th id) and ``metrics.json``."""
+    """Grid-search MF on validation, score test (all, warm, cold); publishes ``out_dir`` with
+    ``mf.safetensors``, ``ids.json`` (row i + 1 of each table is the i-th id) and
+    ``metrics.json`` (an earlier finished run of the same config is returned as is)."""
+    return run_once(out_dir, STAGE, cfg.model_dump(mode="json"), MfResult,
+                    lambda folder: _grid(cfg, folder, out_dir))
+
+
+def _grid(cfg: MfConfig, folder: Path, out_dir: Path) -> MfResult:
     t0 = time.perf_counter()
     data = build_split()
     parts = {p: data.filter(pl.col("split") == p) for p in ("train", "valid", "test")}
@@ -129,29 +183,15 @@ def run(cfg: MfConfig, out_dir: Path) -> MfResult:
     assert best is not None  # the grid is never empty (MfConfig: min_length=1)
     chosen, model = best
 
-    test, frame = enc["test"], parts["test"]
+    test = enc["test"]
     scores = _scores(model, test)
-    labels = test.labels.numpy().astype(np.int8)
-    user_n = parts["train"].group_by("user_id").len()
-    item_n = parts["train"].group_by("title").len()
-    warm = (frame.join(user_n, on="user_id", how="left").join(item_n, on="title", how="left",
-                                                                suffix="_item")
-            .select((pl.col("len").fill_null(0) >= cfg.warm_min_count)
-                    & (pl.col("len_item").fill_null(0) >= cfg.warm_min_count))
-            .to_series().to_numpy())
-
-    def subset(mask: np.ndarray) -> dict[str, float]:
-        return ctr_metrics(test.user_ids[mask], labels[mask], scores[mask])
-
-    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = warm_cold_metrics(test.user_ids, test.labels.numpy().astype(np.int8), scores,
+                                warm_rows(parts["train"], parts["test"], cfg.warm_min_count))
     save_file({"user": model.user.weight.detach().contiguous(),
-               "item": model.item.weight.detach().contiguous()}, out_dir / "mf.safetensors")
-    (out_dir / "ids.json").write_text(json.dumps({"users": user_list, "items": item_list}))
-    result = MfResult(dim=int(chosen["dim"]), lr=chosen["lr"], weight_decay=chosen["weight_decay"],
+               "item": model.item.weight.detach().contiguous()}, folder / "mf.safetensors")
+    (folder / "ids.json").write_text(json.dumps({"users": user_list, "items": item_list}))
+    return MfResult(dim=int(chosen["dim"]), lr=chosen["lr"], weight_decay=chosen["weight_decay"],
                       best_epoch=int(chosen["best_epoch"]), valid_auc=chosen["valid_auc"], grid=grid,
-                      test=subset(np.ones(len(labels), dtype=bool)), test_warm=subset(warm),
-                      test_cold=subset(~warm), seconds=round(time.perf_counter() - t0, 2),
+                      test=metrics["all"], test_warm=metrics["warm"],
+                      test_cold=metrics["cold"], seconds=round(time.perf_counter() - t0, 2),
                       out_dir=str(out_dir))
-    (out_dir / "metrics.json").write_text(json.dumps(
-        {"config": cfg.model_dump(mode="json"), "result": asdict(result)}, indent=2))
-    return result

@@ -1,8 +1,8 @@
 """Config of the LLM baselines: one pydantic section per method, under ``BaselinesConfig``.
 
 Sections follow ``userip.config.Section`` (unknown keys are errors; ``learned()`` is what
-a cache key holds), so ``BaselinesConfig`` can hang under the main config as
-``baselines:``.
+a cache key holds); ``BaselinesConfig`` hangs under the main config as ``baselines:``
+(``BaselinesRunConfig``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from userip.config import Section, Seed
+from userip.config import Config, Section, Seed
 
 
 class LoraConfig(Section):
@@ -60,9 +60,41 @@ class MfConfig(Section):
 
 
 class CollmConfig(Section):
-    mf: MfConfig = MfConfig()
+    """CoLLM-MF on its ML-1M temporal split. The defaults are the CPU preset: seeded
+    subsamples of 64 train, 64 valid and 200 test rows (TALLRec's preset's sizes; prompts are
+    ~180 tokens), one LoRA epoch and two mapper
+    epochs, and one MF grid point (dim 64, lr 1e-2, weight decay 1e-5: the best on valid AUC of
+    the dim-64 part of the grid, lr {1e-2, 1e-3} x weight decay {1e-3, 1e-5, 1e-7}); the GPU preset
+    (``configs/baselines-gpu.yaml``) sets the three subsamples to null (all 33,891 / 10,401 /
+    7,331 rows), more epochs and CoLLM's whole MF grid."""
+
+    model: str = "smollm2-135m"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: Seed = 0
+    train_samples: int | None = Field(64, ge=1, description="seeded subsample of train (null: all)")
+    valid_samples: int | None = Field(64, ge=1, description="seeded subsample of valid (null: all)")
+    test_samples: int | None = Field(200, ge=1, description="seeded subsample of test (null: all)")
+    history: int = Field(10, ge=0, description="most recent liked titles in the prompt")
+    lora_epochs: int = Field(1, ge=1, description="stage 1 (LoRA, text prompts); chosen on valid AUC")
+    mapper_epochs: int = Field(2, ge=1, description="stage 2 (mapping MLP, LoRA frozen); chosen on valid AUC")
+    batch_size: int = Field(8, ge=1)
+    eval_batch_size: int = Field(16, ge=1)
+    lora_lr: float = Field(1e-3, gt=0, description="AdamW (CoLLM tunes lr in {1e-2, 1e-3, 1e-4})")
+    mapper_lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-3, ge=0, description="CoLLM's value for every LLM method")
+    mapper_scale: int = Field(10, ge=1, description="the mapping MLP's hidden size over the MF size")
+    lora: LoraConfig = LoraConfig()
+    mf: MfConfig = MfConfig(dims=(64,), lrs=(1e-2,), weight_decays=(1e-5,))
 
 
 class BaselinesConfig(Section):
     tallrec: TallrecConfig = TallrecConfig()
     collm: CollmConfig = CollmConfig()
+
+
+class BaselinesRunConfig(Config):
+    """What ``userip baselines --config`` reads: the main config plus its ``baselines:``
+    section (every other section is checked as ``userip run`` checks it); the outputs go to
+    ``<workdir>/baselines``."""
+
+    baselines: BaselinesConfig = BaselinesConfig()

@@ -9,11 +9,10 @@ scored once, with the chosen adapter.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +22,9 @@ from sklearn.metrics import roc_auc_score
 
 from userip.baselines.config import TallrecConfig
 from userip.baselines.lm import SegmentLM, Text, add_lora, answer_ids, save_adapter, splits_cleanly
+from userip.baselines.runs import batches, draw, run_once
 from userip.baselines.tallrec_data import HEAD, TAIL, Sample, build_samples, split_samples
 from userip.downstream.metrics import ctr_metrics
-from userip.errors import ConfigError
 from userip.profile_infer.model_loading import load_frozen_lm
 
 log = logging.getLogger(__name__)
@@ -55,28 +54,14 @@ class Parts:
     test: list[Sample]
 
 
-def draw(samples: Sequence[Sample], n: int | None, rng: np.random.Generator, what: str) -> list[Sample]:
-    """``n`` samples drawn without replacement, kept in list order (all when ``n`` is None)."""
-    if n is None:
-        return list(samples)
-    if n > len(samples):
-        raise ConfigError(f"tallrec: {what} asks for {n} samples; the protocol has {len(samples)}")
-    return [samples[i] for i in np.sort(rng.choice(len(samples), size=n, replace=False))]
-
-
 def select_parts(cfg: TallrecConfig) -> Parts:
     """The K-shot train set and the valid/test subsamples of the authors' split, seeded."""
     splits = split_samples(build_samples())
     # one stream per part, so the valid/test subsamples stay the same whatever K is
     rng = [np.random.default_rng((cfg.seed, part)) for part in range(3)]
-    return Parts(draw(splits.train, cfg.shots, rng[0], "shots"),
-                 draw(splits.valid, cfg.valid_samples, rng[1], "valid_samples"),
-                 draw(splits.test, cfg.test_samples, rng[2], "test_samples"))
-
-
-def _batches(items: Sequence[Sample], size: int) -> Iterator[Sequence[Sample]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+    return Parts(draw(splits.train, cfg.shots, rng[0], "tallrec: shots"),
+                 draw(splits.valid, cfg.valid_samples, rng[1], "tallrec: valid_samples"),
+                 draw(splits.test, cfg.test_samples, rng[2], "tallrec: test_samples"))
 
 
 class Scorer:
@@ -96,7 +81,7 @@ class Scorer:
         if prefix is not None:
             self.tokens += prefix.length
         out = []
-        for chunk in _batches(samples, self.batch_size):
+        for chunk in batches(samples, self.batch_size):
             texts = [[Text(s.input + TAIL if reuse else s.prompt)] for s in chunk]
             batch = self.lm.embed(texts, padding="left", continuation=reuse)
             self.tokens += int(batch.attention_mask.sum())
@@ -108,8 +93,17 @@ def _auc(samples: Sequence[Sample], scores: np.ndarray) -> float:
     return float(roc_auc_score([s.label for s in samples], scores))
 
 
+STAGE = "baselines-tallrec"
+
+
 def run(cfg: TallrecConfig, out_dir: Path) -> TallrecResult:
-    """Tune and score TALLRec; writes ``adapter/``, ``test_scores.parquet``, ``metrics.json``."""
+    """Tune and score TALLRec; publishes ``out_dir`` with ``adapter/``, ``test_scores.parquet``
+    and ``metrics.json`` (an earlier finished run of the same config is returned as is)."""
+    return run_once(out_dir, STAGE, cfg.model_dump(mode="json"), TallrecResult,
+                    lambda folder: _tune_and_score(cfg, folder, out_dir))
+
+
+def _tune_and_score(cfg: TallrecConfig, folder: Path, out_dir: Path) -> TallrecResult:
     parts = select_parts(cfg)
     torch.manual_seed(cfg.seed)
     loaded = load_frozen_lm(cfg.model, cfg.device)
@@ -132,7 +126,7 @@ def run(cfg: TallrecConfig, out_dir: Path) -> TallrecResult:
         model.train()
         perm = torch.randperm(len(parts.train), generator=order).tolist()
         losses = []
-        for chunk in _batches([parts.train[i] for i in perm], cfg.batch_size):
+        for chunk in batches([parts.train[i] for i in perm], cfg.batch_size):
             batch = lm.embed([[Text(s.prompt + s.output + eos)] for s in chunk], padding="right")
             train_tokens += int(batch.attention_mask.sum())
             loss = lm.lm_loss(batch)
@@ -157,16 +151,12 @@ def run(cfg: TallrecConfig, out_dir: Path) -> TallrecResult:
     eval_s += time.perf_counter() - t0
     labels = np.array([s.label for s in parts.test], dtype=np.int8)
     users = np.array([s.user_id for s in parts.test])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_adapter(model, out_dir / "adapter")
+    save_adapter(model, folder / "adapter")
     pl.DataFrame({"user_id": users, "item_id": [s.item_id for s in parts.test],
-                  "label": labels, "score": test_scores}).write_parquet(out_dir / "test_scores.parquet")
-    result = TallrecResult(
+                  "label": labels, "score": test_scores}).write_parquet(folder / "test_scores.parquet")
+    return TallrecResult(
         shots=cfg.shots, seed=cfg.seed, n_train=len(parts.train), n_valid=len(parts.valid),
         n_test=len(parts.test), valid_auc=valid_auc, best_epoch=best[1],
         test=ctr_metrics(users, labels, test_scores), train_tokens=train_tokens,
         eval_tokens=score.tokens, train_seconds=round(train_s, 2), eval_seconds=round(eval_s, 2),
         out_dir=str(out_dir))
-    (out_dir / "metrics.json").write_text(json.dumps(
-        {"config": cfg.model_dump(mode="json"), "result": asdict(result)}, indent=2))
-    return result

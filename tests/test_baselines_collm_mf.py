@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
 from userip.baselines.collm_data import build_split
-from userip.baselines.collm_mf import run
+from userip.baselines.collm_mf import load_vectors, run, warm_rows
 from userip.baselines.config import MfConfig
 
 
@@ -26,18 +25,17 @@ def test_mf_grid_is_chosen_on_valid_and_its_saved_vectors_score_test(tmp_path: P
     assert result.test["n"] == 7331 == result.test_warm["n"] + result.test_cold["n"]
     assert result.test_warm["auc"] > result.test_cold["auc"]
 
-    vec = load_file(tmp_path / "mf.safetensors")
-    ids = json.loads((tmp_path / "ids.json").read_text())
-    assert vec["user"].shape == (len(ids["users"]) + 1, 16)
-    assert torch.equal(vec["user"][0], torch.zeros(16)) and torch.equal(vec["item"][0], torch.zeros(16))
+    vec = load_vectors(tmp_path)
+    assert vec.user.shape == (len(vec.user_index) + 1, 16)
+    assert torch.equal(vec.user[0], torch.zeros(16)) and torch.equal(vec.item[0], torch.zeros(16))
     test = build_split().filter(pl.col("split") == "test")
-    u = {x: i + 1 for i, x in enumerate(ids["users"])}
-    it = {x: i + 1 for i, x in enumerate(ids["items"])}
-    ui = torch.tensor([u.get(x, 0) for x in test["user_id"]])
-    ii = torch.tensor([it.get(x, 0) for x in test["title"]])
-    scores = torch.sigmoid((vec["user"][ui] * vec["item"][ii]).sum(-1)).numpy()
+    u, i = vec.rows(test["user_id"].to_list(), test["title"].to_list())
+    scores = torch.sigmoid((u * i).sum(-1)).numpy()
     assert np.isclose(roc_auc_score(test["label"].to_numpy(), scores), result.test["auc"])
-    unknown = (ui == 0).numpy() | (ii == 0).numpy()
+    unknown = np.array([x not in vec.user_index for x in test["user_id"]]) | np.array(
+        [x not in vec.item_index for x in test["title"]])
     assert unknown.any() and np.all(scores[unknown] == 0.5)
+    warm = warm_rows(build_split().filter(pl.col("split") == "train"), test, cfg.warm_min_count)
+    assert warm.sum() == result.test_warm["n"]
     meta = json.loads((tmp_path / "metrics.json").read_text())
     assert meta["config"]["lrs"] == [1e-2, 1e-4]

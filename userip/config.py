@@ -270,8 +270,10 @@ def describe(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
+                model: type[Config] = Config) -> Config:
     """Read a YAML config; ``overrides`` are dotted keys, e.g. ``{"profile.max_epochs": 1}``.
+    ``model``: a subclass of Config with more sections (``userip baselines`` reads its own).
     Every problem (missing or unreadable file, bad YAML, a wrong key or value) is one
     ConfigError line naming the file and the field."""
     path = Path(path)
@@ -295,4 +297,4 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {dotted}: {key!r} is not a section")
         node[leaf] = value
-    return validated(Config, raw, f"{path}" + (" with --set" if overrides else ""))
+    return validated(model, raw, f"{path}" + (" with --set" if overrides else ""))

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from userip.errors import UseripError
 
 # Each entry is a module under userip/cli/commands with add_parser(subparsers) and run(args).
-COMMANDS = ("prepare", "infer", "quantize", "export", "train", "evaluate", "report", "run")
+COMMANDS = ("prepare", "infer", "quantize", "export", "train", "evaluate", "report", "run", "baselines")
 
 
 def build_parser() -> argparse.ArgumentParser:

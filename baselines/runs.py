@@ -1,0 +1,80 @@
+"""What every baseline run shares: seeded subsamples, batching, and its output folder.
+
+A run publishes one folder the project's way (``userip.atomic``): it works in a staging
+folder beside ``out_dir`` and swaps it in only when everything is written, so a killed run
+leaves the earlier output (or nothing), never half of one. ``metrics.json`` in that folder
+holds the run's config and result; a later run with the same config finds it with
+``finished`` and returns it without computing again (that is how runs resume).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from userip.atomic import publish_dir, stage_of, staging_dir
+from userip.errors import ConfigError
+
+METRICS = "metrics.json"
+T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+R = TypeVar("R", bound="DataclassInstance")
+
+
+def draw(items: Sequence[T], n: int | None, rng: np.random.Generator, what: str) -> list[T]:
+    """``n`` items drawn without replacement, kept in list order (all when ``n`` is None)."""
+    if n is None:
+        return list(items)
+    if n > len(items):
+        raise ConfigError(f"{what} asks for {n} samples; the protocol has {len(items)}")
+    return [items[i] for i in np.sort(rng.choice(len(items), size=n, replace=False))]
+
+
+def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def finished(out_dir: Path, stage: str, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The result in ``out_dir``'s metrics.json when ``out_dir`` is a published output of
+    ``stage`` run with ``config``; None when the run has to be computed."""
+    if stage_of(out_dir) != stage:
+        return None
+    try:
+        meta = json.loads((Path(out_dir) / METRICS).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("config") != config:
+        return None
+    result = meta.get("result")
+    return result if isinstance(result, dict) else None
+
+
+@contextmanager
+def publishing(out_dir: Path, stage: str) -> Iterator[Path]:
+    """A staging folder for ``stage``'s output, published as ``out_dir`` when the block ends
+    without an error (refused up front when ``out_dir`` is someone else's folder)."""
+    with staging_dir(out_dir, stage) as tmp:
+        yield tmp
+        publish_dir(tmp, out_dir, stage)
+
+
+def run_once(out_dir: Path, stage: str, config: dict[str, Any], result_type: type[R],
+             compute: Callable[[Path], R]) -> R:
+    """``compute(folder)`` (a dataclass result; it writes its files into ``folder``) published
+    as ``out_dir`` with metrics.json, or the result of an earlier finished run of ``config``."""
+    done = finished(out_dir, stage, config)
+    if done is not None:
+        return result_type(**done)
+    with publishing(out_dir, stage) as tmp:
+        result = compute(tmp)
+        (tmp / METRICS).write_text(json.dumps(
+            {"config": config, "result": asdict(result)}, indent=2))
+    return result
