@@ -205,7 +205,7 @@ def _read_keys(frame: pl.LazyFrame) -> _Keys:
     would count in this process's memory; a concatenation would hold everything twice.
     The ids become codes as they are read, so no id string is held per row."""
     n = frame.select(pl.len()).collect().item()
-    users, items = (pl.Series(dtype=pl.Categorical(pl.Categories.random())) for _ in "ui")
+    users, items = (pl.Series(dtype=pl.Categorical(pl.Categories.random())) for _ in range(2))
     user, item = np.empty(n, np.uint32), np.empty(n, np.uint32)
     ts, review_bytes = np.empty(n, np.int64), np.empty(n, np.uint32)
     ratings = [pl.Series("rating", [], pl.Float32)]
