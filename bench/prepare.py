@@ -7,12 +7,14 @@ a subprocess and interleaved over ``--repeats``: (a) ``userip prepare --source a
 as a loop, both doing the same steps without line-level quarantine (``POLARS_PIPELINE``,
 ``DUCKDB_PIPELINE``). Wall time, CPU seconds and the peak RSS of each process tree (psutil,
 polled every 20 ms; a tree above ``--memory-limit-gib`` is killed and reported out of
-memory) are printed as JSON with rows/s, the ratios and whether all three agree on the
-counts (interactions, users, items). On a shared box, the CPU ratio is the steadier one.
+memory, one running past ``--time-limit-s`` killed and reported stopped) are printed as
+JSON with rows/s, the ratios and whether all three agree on the counts (interactions,
+users, items). On a shared box, the CPU ratio is the steadier one.
 DuckDB is a bench-only extra: ``pip install -e .[bench]``.
 
     python bench/prepare.py [--rows 2000000] [--repeats 1] [--gzip] [--dump DIR]
-                            [--tools userip,polars,duckdb] [--workdir DIR] [--keep]
+                            [--tools userip,polars,duckdb] [--time-limit-s S]
+                            [--workdir DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -215,18 +217,21 @@ def _open_text(path: Path, gz: bool) -> IO[str]:
     return open(path, "w", encoding="utf-8", buffering=1 << 20)
 
 
-def measure(cmd: list[str], env: dict[str, str], limit_gib: float) -> dict[str, Any]:
+def measure(cmd: list[str], env: dict[str, str], limit_gib: float,
+            limit_s: float | None = None) -> dict[str, Any]:
     """Wall and CPU seconds and peak memory of one command: ``peak_rss_mib`` sums the
     process tree (psutil, polled every 20 ms); ``maxrss_mib`` is the kernel's exact peak of
     its largest process (``wait4``). A tree above ``limit_gib`` is killed and reported as
-    out of memory, so a peer that would need more than the box has cannot take it down.
-    A peer's last line of output is its counts (JSON)."""
+    out of memory, so a peer that would need more than the box has cannot take it down;
+    one still running after ``limit_s`` is killed and reported as stopped, so the other
+    tools' figures still come out. A peer's last line of output is its counts (JSON)."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as stdout:
         proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE,
                                 start_new_session=True)
         root = psutil.Process(proc.pid)
-        peak, killed = 0, False
+        peak = 0
+        killed: dict[str, float] | None = None
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
@@ -236,17 +241,20 @@ def measure(cmd: list[str], env: dict[str, str], limit_gib: float) -> dict[str, 
                 peak = max(peak, sum(p.memory_info().rss for p in tree))
             except psutil.Error:
                 pass
-            if peak > limit_gib * 2**30 and not killed:
-                os.killpg(proc.pid, signal.SIGKILL)
-                killed = True
+            if killed is None:
+                if peak > limit_gib * 2**30:
+                    killed = {"out_of_memory_at_gib": limit_gib}
+                elif limit_s is not None and time.perf_counter() - started > limit_s:
+                    killed = {"stopped_at_s": limit_s}
+                if killed is not None:
+                    os.killpg(proc.pid, signal.SIGKILL)
             time.sleep(0.02)
         wall = time.perf_counter() - started
         stdout.seek(0)
         lines = stdout.read().decode(errors="replace").strip().splitlines()
     stderr = proc.stderr.read().decode(errors="replace")
-    if killed:
-        return {"out_of_memory_at_gib": limit_gib, "wall_s": round(wall, 2),
-                "peak_rss_mib": round(peak / 2**20, 1)}
+    if killed is not None:
+        return {**killed, "wall_s": round(wall, 2), "peak_rss_mib": round(peak / 2**20, 1)}
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"{cmd[:4]} failed ({code}):\n{stderr[-3000:]}")
@@ -286,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-limit-gib", type=float, default=14.0,
                         help="a run whose process tree exceeds this is killed and reported "
                              "out of memory (default 14, on a 24 GiB box)")
+    parser.add_argument("--time-limit-s", type=float,
+                        help="a run still going after this many seconds is killed and "
+                             "reported as stopped (default: none)")
     parser.add_argument("--workdir", type=Path,
                         help="where to write the dump and outputs (default: the system temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
@@ -311,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                     out.mkdir()
                 runs[tool].append(measure(
                     commands(tool, reviews, meta, out, folder, args.memory_limit_gib), env,
-                    args.memory_limit_gib))
+                    args.memory_limit_gib, args.time_limit_s))
                 if tool == "userip":
                     runs[tool][-1]["counts"] = _userip_counts(out)
                 shutil.rmtree(out, ignore_errors=True)

@@ -87,33 +87,23 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
     """Filter, index, split and write the data set; ``parts`` (the reader's files behind
     ``raw``) is deleted once read.
 
-    Ids, ratings and times of every row are held in memory, texts a batch at a time: the
-    published rows are cut into batches of whole users (``BATCH_BYTES``), one pass over the
-    reader's rows puts each batch's review texts in a file of its own (``_spool``), then
-    each batch is assembled, its behaviour texts made, and written.
+    Numbers are held in memory, texts a batch at a time: for every raw row the codes of its
+    ids, its time, rating and review length (``_Keys``, 24 bytes a row), then for the kept
+    rows only. The published rows are cut into batches of whole users (``BATCH_BYTES``),
+    one pass over the reader's rows puts each batch's review texts in a file of its own
+    (``_spool``), then each batch is assembled, its behaviour texts made, and written.
     """
-    # Filtering runs on the integer codes of categorical ids, with categories private to
-    # this run so the codes are dense (numpy counts and indexes by them); strings come
-    # back for the kept rows only.
-    # Taken a batch at a time: a query collected whole keeps every part it read mapped,
-    # and the review column it measures would count in this process's memory.
-    keys = pl.concat(raw.interactions.select(
-        pl.col("user_id").cast(pl.Categorical(pl.Categories.random())),
-        pl.col("item_id").cast(pl.Categorical(pl.Categories.random())),
-        "rating", "ts", pl.col("review").str.len_bytes().fill_null(0).alias("review_bytes"),
-    ).collect_batches(), rechunk=True)
-    user, item = (keys[c].to_physical().to_numpy() for c in ("user_id", "item_id"))
-    ts = keys["ts"].to_numpy()
-    unique_rows = latest_per_pair(user, item, ts)
+    keys = _read_keys(raw.interactions)
+    unique_rows = latest_per_pair(keys.user, keys.item, keys.ts)
     raw_counts = {
-        "raw_interactions": keys.height,
-        "duplicates_dropped": keys.height - len(unique_rows),
-        "raw_users": int(np.count_nonzero(np.bincount(user))),
-        "raw_items": int(np.count_nonzero(np.bincount(item))),
+        "raw_interactions": len(keys.user),
+        "duplicates_dropped": len(keys.user) - len(unique_rows),
+        "raw_users": int(np.count_nonzero(np.bincount(keys.user))),
+        "raw_items": int(np.count_nonzero(np.bincount(keys.item))),
     }
-    rows = unique_rows[k_core(user[unique_rows], item[unique_rows], cfg.min_core)]
-    del user, item, unique_rows
-    users_idx, user_idx = _index(keys["user_id"].gather(rows), "user_id", "user_idx")
+    rows = unique_rows[k_core(keys.user[unique_rows], keys.item[unique_rows], cfg.min_core)]
+    del unique_rows
+    users_idx, user_idx = _index(keys.user[rows], keys.users, "user_id", "user_idx")
     if cfg.max_users is not None:
         users_idx = users_idx.head(cfg.max_users)
         first = user_idx < cfg.max_users
@@ -123,20 +113,19 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
             f"no interactions left after the {cfg.min_core}-core filter "
             f"({raw_counts['raw_interactions']} before); lower --min-core"
         )
-    items_idx, item_idx = _index(keys["item_id"].gather(rows), "item_id", "item_idx")
+    items_idx, item_idx = _index(keys.item[rows], keys.items, "item_id", "item_idx")
+    # From here on only the kept rows' numbers are needed: the raw rows' arrays go.
+    ts, rating, review_bytes = keys.ts[rows], keys.rating.gather(rows), keys.review_bytes[rows]
+    del keys
     # The published order: by user, then time, then item (polars: 2x faster than lexsort).
-    by = pl.DataFrame({"user_idx": user_idx, "ts": ts[rows], "item_idx": item_idx})
+    by = pl.DataFrame({"user_idx": user_idx, "ts": ts, "item_idx": item_idx})
     order = by.select(pl.arg_sort_by("user_idx", "ts", "item_idx")).to_series().to_numpy()
+    del by
     rows, user_idx, item_idx = rows[order], user_idx[order], item_idx[order]
-    picked = pl.Series(rows)
-    numbers = pl.DataFrame({"rating": keys["rating"].gather(picked),
-                            "ts": keys["ts"].gather(picked)})
-    weights = keys["review_bytes"].gather(picked).to_numpy().astype(np.int64) + ROW_BYTES
-    del keys, ts, by, order, picked
+    numbers = pl.DataFrame({"rating": rating.gather(order), "ts": ts[order]})
+    bounds = _batch_bounds(user_idx, review_bytes[order].astype(np.int64) + ROW_BYTES)
+    del ts, rating, review_bytes, order
 
-    meta = raw.items.unique("item_id", keep="first").collect(engine="streaming")
-    items = items_idx.join(meta, on="item_id", how="left").sort("item_idx")
-    del meta
     users = users_idx
     if raw.users.collect_schema().names() != ["user_id"]:  # the source has user attributes
         users = users_idx.join(
@@ -144,9 +133,9 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
             on="user_id", how="left",
         ).sort("user_idx")
     spool = parts.with_name("spool")
-    bounds = _batch_bounds(user_idx, weights)
-    del weights
     reviews = _spool(raw.interactions, rows, bounds, spool)
+    del rows
+    names, missing_meta = _write_items(items_idx, raw.items, out / ITEMS)
     with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(1) as writes:
         # Everything raw is read: deleting the parts (kernel time) runs beside the batches.
         removed = pool.submit(shutil.rmtree, parts)
@@ -155,7 +144,6 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
                 pl.DataFrame({"user_id": user_idx, "item_id": item_idx, "ts": numbers["ts"]}),
                 cfg.split, cfg.split_ratios, cfg.seed)["split"].cast(_SPLITS)
         feedback = has_feedback(numbers)
-        names = item_names(items)
         text_args = dict(label_threshold=cfg.label_threshold, feedback=feedback,
                          review_words=cfg.behaviour_review_words)
         writers = {name: _BatchWriter(out / name, len(reviews), writes)
@@ -182,19 +170,86 @@ def _build(cfg: PrepareConfig, raw: RawData, rejects: RejectLog, out: Path,
                                 (BEHAVIOUR_VALID, valid_text)):
                 writers[name].add(frame)
             del inter, train_text, valid_text
-        for name, frame in ((ITEMS, items), (USERS, users)):
-            _write(frame, out / name)
+        _write(users, out / USERS)
         for writer in writers.values():
             writer.close()
         removed.result()
     shutil.rmtree(spool)
 
-    stats = _stats(cfg, totals, users_idx.height, items, raw_counts, rejects, feedback)
+    stats = _stats(cfg, totals, users_idx.height, items_idx.height, missing_meta, raw_counts,
+                   rejects, feedback)
     DataStats.model_validate(stats).write(out)
     return stats
 
 
+@dataclass
+class _Keys:
+    """What filtering and ordering need of every raw row, in row order: the codes of its
+    user and item ids, its time, rating and review length in bytes (which sizes the
+    batches). The codes are dense, in categories private to this run; ``users`` and
+    ``items`` are empty Series of those categorical types, which keep each code's id
+    (polars frees categories no Series uses)."""
+
+    user: np.ndarray
+    item: np.ndarray
+    ts: np.ndarray
+    rating: pl.Series
+    review_bytes: np.ndarray
+    users: pl.Series
+    items: pl.Series
+
+
+def _read_keys(frame: pl.LazyFrame) -> _Keys:
+    """``_Keys`` of ``frame``, read a batch at a time into arrays sized once: a query
+    collected whole keeps every part it read mapped, and the review column it measures
+    would count in this process's memory; a concatenation would hold everything twice.
+    The ids become codes as they are read, so no id string is held per row."""
+    n = frame.select(pl.len()).collect().item()
+    users, items = (pl.Series(dtype=pl.Categorical(pl.Categories.random())) for _ in range(2))
+    user, item = np.empty(n, np.uint32), np.empty(n, np.uint32)
+    ts, review_bytes = np.empty(n, np.int64), np.empty(n, np.uint32)
+    ratings = [pl.Series("rating", [], pl.Float32)]
+    start = 0
+    for batch in frame.select(
+        pl.col("user_id").cast(users.dtype).to_physical(),
+        pl.col("item_id").cast(items.dtype).to_physical(),
+        "rating", "ts", pl.col("review").str.len_bytes().fill_null(0).alias("review_bytes"),
+    ).collect_batches():
+        end = start + batch.height
+        for array, column in ((user, "user_id"), (item, "item_id"), (ts, "ts"),
+                              (review_bytes, "review_bytes")):
+            array[start:end] = batch[column].to_numpy()
+        ratings.append(batch["rating"])
+        start = end
+    return _Keys(user, item, ts, pl.concat(ratings), review_bytes, users, items)
+
+
 _SPLITS = pl.Enum(["train", "valid", "test"])
+
+
+def _write_items(items_idx: pl.DataFrame, meta: pl.LazyFrame, path: Path) -> tuple[pl.DataFrame, int]:
+    """Write ``items.parquet``: each item of ``items_idx`` with its first line of ``meta``
+    (nulls without one), in index order, a slice at a time. Returns the items' names
+    (``item_names``) and how many have no title. Only the kept items' lines are held, once,
+    and only here: the batches need the names, not the descriptions."""
+    lines = meta.filter(pl.col("item_id").is_in(items_idx["item_id"].implode())).collect(engine="streaming")
+    first = lines.select("item_id").with_row_index("_line").unique("item_id", keep="first")
+    line = items_idx.join(first, on="item_id", how="left", maintain_order="left")["_line"]
+    lines = lines.drop("item_id")
+    # A quarter of a batch of lines a slice: a slice is held about three times over (the
+    # gathered rows, their Arrow copy, the Parquet writer's pages) beside the lines.
+    per_slice = max(1, BATCH_BYTES // 4 * max(lines.height, 1) // max(int(lines.estimated_size()), 1))
+    names, missing = [], 0
+    with ThreadPoolExecutor(1) as writes:
+        writer = _BatchWriter(path, -(-items_idx.height // per_slice), writes)
+        for start in range(0, items_idx.height, per_slice):
+            batch = pl.concat([items_idx.slice(start, per_slice),
+                               lines.gather(line.slice(start, per_slice))], how="horizontal")
+            names.append(item_names(batch))
+            missing += batch["title"].null_count()
+            writer.add(batch)
+        writer.close()
+    return pl.concat(names), missing
 
 
 def _batch_bounds(user_idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -304,22 +359,24 @@ def _write(frame: pl.DataFrame, path: Path) -> None:
     frame.write_parquet(path, compression="zstd", compression_level=_ZSTD_LEVEL)
 
 
-def _index(ids: pl.Series, key: str, name: str) -> tuple[pl.DataFrame, np.ndarray]:
-    """Contiguous int32 index over categorical ``ids``, in sorted-id order so it is the
-    same for the same data: the ``(key, name)`` table and the index of each of ``ids``."""
-    present = ids.unique()
-    table = pl.DataFrame({key: present.cast(pl.String), "_code": present.to_physical()})
+def _index(codes: np.ndarray, ids: pl.Series, key: str,
+           name: str) -> tuple[pl.DataFrame, np.ndarray]:
+    """Contiguous int32 index over the ids of ``codes`` (codes of ``ids``' categories), in
+    sorted-id order so it is the same for the same data: the ``(key, name)`` table and the
+    index of each of ``codes``."""
+    present = np.flatnonzero(np.bincount(codes))
+    assert isinstance(ids.dtype, pl.Categorical)
+    table = pl.DataFrame({key: ids.dtype.categories.to_series().gather(present), "_code": present})
     table = table.sort(key).with_row_index(name)
-    codes = ids.to_physical().to_numpy()
-    lookup = np.empty(int(codes.max()) + 1 if len(codes) else 0, np.int32)
+    lookup = np.empty(len(present) and int(present[-1]) + 1, np.int32)
     lookup[table["_code"].to_numpy()] = table[name].to_numpy()
     return table.select(key, pl.col(name).cast(pl.Int32)), lookup[codes]
 
 
-def _stats(cfg: PrepareConfig, totals: _Totals, n_users: int, items: pl.DataFrame,
+def _stats(cfg: PrepareConfig, totals: _Totals, n_users: int, n_items: int, missing_meta: int,
            raw_counts: dict[str, int], rejects: RejectLog, feedback: bool) -> dict[str, Any]:
     """The paper's Table 1 figures plus what filtering and quarantine removed."""
-    n, n_items, texts = totals.rows, items.height, totals.users_with_text
+    n, texts = totals.rows, totals.users_with_text
     summary = rejects.summary()
     return {
         "source": cfg.source,
@@ -331,7 +388,7 @@ def _stats(cfg: PrepareConfig, totals: _Totals, n_users: int, items: pl.DataFram
         "split": {s: totals.split.get(s, 0) for s in ("train", "valid", "test")},
         **raw_counts,
         "min_core": cfg.min_core,
-        "items_missing_meta": int(items["title"].is_null().sum()),
+        "items_missing_meta": missing_meta,
         "users_without_behaviour_text": n_users - texts,
         "behaviour_text_mean_chars": round(totals.text_chars / texts if texts else 0.0, 1),
         "behaviour_items_mean": round(totals.text_items / texts if texts else 0.0, 1),

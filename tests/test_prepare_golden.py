@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from userip.config import PrepareConfig
 from userip.dataprep import pipeline
-from userip.dataprep.layout import FILES
+from userip.dataprep.layout import FILES, ITEMS
 from userip.dataprep.readers import jsonl
 
 GOLDEN = Path(__file__).parent / "golden" / "prepare_outputs.json"
@@ -133,6 +134,8 @@ def test_tiny_chunks_and_batches_change_no_row(tmp_path: Path,
                 assert b.read_bytes() == a.read_bytes(), (name, file)
         rows = json.loads((whole[name] / "stats.json").read_text())["interactions"]
         assert rows * pipeline.ROW_BYTES > 2 * pipeline.BATCH_BYTES, name  # several batches
+        if name.startswith("amazon"):  # the items too, with their descriptions, in slices
+            assert pq.ParquetFile(batched[name] / ITEMS).num_row_groups > 1, name
 
 
 if __name__ == "__main__":  # record the hashes: python -m tests.test_prepare_golden --write
