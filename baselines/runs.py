@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
@@ -23,9 +23,15 @@ from userip.errors import ConfigError
 
 METRICS = "metrics.json"
 T = TypeVar("T")
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
-R = TypeVar("R", bound="DataclassInstance")
+
+
+class Dataclass(Protocol):
+    """What ``dataclasses.asdict`` takes: an instance of a dataclass (structurally)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+
+R = TypeVar("R", bound=Dataclass)
 
 
 def draw(items: Sequence[T], n: int | None, rng: np.random.Generator, what: str) -> list[T]:
