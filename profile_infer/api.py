@@ -110,7 +110,8 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
     rank, world = dd.world()
     if rank == 0:
         codes = codes_frame(data.user_ids, theta, trainer.codebooks, names, layout.profile_slices)
-        score = partial(trainer.score_targets, words=feedback_words(loaded.tokenizer))
+        score = partial(trainer.score_targets,
+                        words=feedback_words(loaded.tokenizer) if data.feedback else None)
         evidence = lm_evidence(score, theta, data.evidence_rows, data.evidence_targets,
                                trainer.codebooks, layout.profile_slices, cfg.seed,
                                cfg.evidence_draws)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from userip.dataprep.behaviour import SEPARATOR
+from userip.dataprep.behaviour import SEPARATOR, has_feedback
 from userip.dataprep.layout import BEHAVIOUR, BEHAVIOUR_VALID, INTERACTIONS
 from userip.errors import InputError
 
@@ -45,6 +45,7 @@ class ProfileData:
     inter_labels: np.ndarray
     item_ids: list[str]                 # surrogate item row -> item id
     skipped: dict[str, int] = field(default_factory=dict)
+    feedback: bool = True               # the texts mark items liked / disliked (the source rates)
 
     def window(self, row: int, visit: int) -> list[int]:
         """Target ids of ``row``'s visit number ``visit``: its windows in turn, most recent first."""
@@ -160,7 +161,7 @@ def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
 
     inter = _read(data_dir / INTERACTIONS,
                   {"user_id": pl.String, "item_id": pl.String, "item_idx": pl.Int32,
-                   "label": pl.Int8, "split": pl.String})
+                   "label": pl.Int8, "split": pl.String, "rating": pl.Float32})
     if item_vocab is None:
         item_vocab = inter.select("item_id", "item_idx").unique().sort("item_idx")["item_id"].to_list()
     vocab = pl.DataFrame({"item_id": item_vocab,
@@ -179,4 +180,5 @@ def load_profile_data(data_dir: Path, tokenizer, max_target_tokens: int,
     none: tuple[np.ndarray, list[list[int]]] = (np.zeros(0, dtype=np.int64), [])
     return ProfileData(user_ids, windows, *held.get("valid", none), *held.get("evidence", none),
                        offsets, train["srow"].to_numpy().astype(np.int64),
-                       train["label"].to_numpy().astype(np.int64), item_vocab, skipped)
+                       train["label"].to_numpy().astype(np.int64), item_vocab, skipped,
+                       has_feedback(inter))

@@ -230,9 +230,8 @@ class Trainer:
             nll, _ = token_nll(self.lm, self.layout, theta[i: i + step].to(self.device), ids, real)
             out["all"][i: i + step] = (per_row_sum(nll, real) / real.sum(1).to(nll.device)).cpu().numpy()
             if words is not None:
-                picked = torch.isin(ids, words) & real
-                on = torch.isin(ids[real], words).to(nll.device)
-                mean = per_row_sum(nll * on, real) / picked.sum(1).to(nll.device)
+                on = torch.isin(ids[real], words).to(nll)
+                mean = per_row_sum(nll * on, real) / per_row_sum(on, real)
                 out["words"][i: i + step] = mean.cpu().numpy()  # 0/0 = NaN: no such token
         return out
 

@@ -35,8 +35,9 @@ TITLES = ["Toy Story (1995)", "Heat (1995)", "Fargo (1996)", "Casablanca (1942)"
 
 
 def write_data_dir(path: Path, n_users: int = 12, seed: int = 0,
-                   empty_text_users: int = 0) -> Path:
-    """Interactions/behaviour parquet files in the dataprep contract, from a seeded RNG."""
+                   empty_text_users: int = 0, ratings: bool = True) -> Path:
+    """Interactions/behaviour parquet files in the dataprep contract, from a seeded RNG;
+    without ``ratings``, an implicit-feedback source's (null ratings, no feedback marks)."""
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -46,8 +47,9 @@ def write_data_dir(path: Path, n_users: int = 12, seed: int = 0,
             split = "train" if j < 6 else ("valid" if j == 6 else "test")
             rating = float(rng.integers(1, 6))
             rows.append({"user_id": f"u{u:03d}", "item_id": f"i{it}", "user_idx": u,
-                         "item_idx": int(it), "rating": rating, "ts": 1000 * j,
-                         "label": int(rating >= 4), "split": split, "review": None})
+                         "item_idx": int(it), "rating": rating if ratings else None,
+                         "ts": 1000 * j, "label": int(rating >= 4 or not ratings),
+                         "split": split, "review": None})
     inter = pl.DataFrame(rows).with_columns(
         pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32),
         pl.col("rating").cast(pl.Float32), pl.col("ts").cast(pl.Int64),
@@ -58,7 +60,7 @@ def write_data_dir(path: Path, n_users: int = 12, seed: int = 0,
                           "categories": [None] * len(TITLES), "brand": [None] * len(TITLES)},
                          schema={"item_idx": pl.Int32, "title": pl.String,
                                  "categories": pl.String, "brand": pl.String})
-    args = dict(label_threshold=4.0, feedback=True, review_words=8)  # the dataprep writer
+    args = dict(label_threshold=4.0, feedback=ratings, review_words=8)  # the dataprep writer
     beh = behaviour_text(inter, items, "train", **args)
     if empty_text_users:
         beh = beh.with_columns(pl.when(pl.col("user_idx") < empty_text_users)

@@ -49,6 +49,7 @@ def test_full_run_publishes_every_output(tiny, tmp_path):
     assert meta["skipped"]["empty_behaviour_text"] == 1
     assert [(p["name"], p["K"]) for p in meta["profiles"]] == [("hobby", 4), ("background", 3)]
     assert meta["n_users"] == 11
+    assert meta["evidence"]["draws"] == 1 and "feedback" in meta["evidence"]
     curves = pl.read_csv(out / "curves.csv")
     assert curves["phase"].to_list() == ["init", "warmup", "joint", "joint"]
     assert curves["train_llm"][0] is None and curves["train_vec"][1] is None

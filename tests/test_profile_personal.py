@@ -23,7 +23,7 @@ from userip.profile_infer import infer
 from userip.profile_infer.checkpoint import Checkpointer
 from userip.profile_infer.codebooks import EMACodebook
 from userip.profile_infer.data import load_profile_data, pack_windows
-from userip.profile_infer.evidence import derangement, gap, lm_evidence
+from userip.profile_infer.evidence import derangement, feedback_words, gap, lm_evidence
 from userip.profile_infer.layout import Profile
 from userip.profile_infer.model_loading import load_frozen_lm
 from userip.profile_infer.train import rec_weight
@@ -204,6 +204,19 @@ def test_lm_evidence_finds_a_personal_theta_and_no_gap_without_one():
     second = lm_evidence(personal, theta, rows, targets, [], (), seed=1)
     assert two["draws"] == 2
     assert two["theta"]["other"] == pytest.approx((ev["theta"]["other"] + second["theta"]["other"]) / 2)
+
+
+def test_feedback_words_are_scored_only_where_the_texts_carry_feedback(tiny, tmp_path):
+    lm = load_frozen_lm(str(tiny), "cpu")
+    rated = load_profile_data(write_data_dir(tmp_path / "rated", n_users=4), lm.tokenizer, 16)
+    implicit = load_profile_data(write_data_dir(tmp_path / "implicit", n_users=4, ratings=False),
+                                 lm.tokenizer, 16)
+    assert rated.feedback and not implicit.feedback
+    words = feedback_words(lm.tokenizer)
+    def marked(data):  # valid texts holding a feedback word's first token
+        return sum(bool(torch.isin(torch.tensor(t), words).any()) for t in data.valid_targets)
+
+    assert len(words) == 2 and marked(rated) >= 2 and marked(implicit) == 0
 
 
 def test_score_targets_scores_every_token_and_the_chosen_words_in_one_pass(tiny, tmp_path):
