@@ -61,3 +61,36 @@ def test_padding_does_not_change_a_users_loss(tiny):
         alone = target_nll(lm.model, layout, theta[:1], *pad_targets([[7, 8]], pad))[0]
         batch = target_nll(lm.model, layout, theta, *pad_targets([[7, 8], [1, 2, 3, 4, 5]], pad))[0]
     torch.testing.assert_close(alone[0], batch[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_cached_context_phrases_give_the_full_forwards_loss_and_gradient(tiny, attn):
+    """token_nll runs the context phrases once as a cache; the NLL and ∂NLL/∂θ must be
+    those of one forward over the whole prompt under the isolation mask."""
+    lm = load_frozen_lm(str(tiny))
+    model = AutoModelForCausalLM.from_pretrained(tiny, attn_implementation=attn).eval()
+    layout = build_layout(lm.tokenizer, ProfileConfig().profiles, ". Items:")
+    seg = layout.segment.tolist()
+    slots = layout.theta_slots.tolist()
+    assert layout.constant.tolist() == [i for i in range(layout.prefix_len)
+                                        if seg[i] < layout.n_profiles and i < slots[seg[i]]]
+    ids, real = pad_targets([[100, 200, 300, 400], [500, 600]], lm.tokenizer.pad_token_id)
+    theta = torch.randn(2, 2, model.config.hidden_size,
+                        generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    nll, counts = target_nll(model, layout, theta, ids, real)
+    (grad,) = torch.autograd.grad(nll.sum(), theta)
+
+    emb = model.get_input_embeddings()
+    prefix = emb(layout.prefix_ids).expand(2, -1, -1).clone()
+    prefix[:, layout.theta_slots] = theta
+    p, lt = layout.prefix_len, ids.shape[1]
+    hidden = model.model(inputs_embeds=torch.cat([prefix, emb(ids)], 1),
+                         attention_mask=isolation_mask(layout, lt, torch.float32, theta.device),
+                         position_ids=torch.arange(p + lt)[None]).last_hidden_state
+    logits = model.lm_head(hidden[:, p - 1: p + lt - 1])
+    full = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids, reduction="none")
+    full = (full * real).sum(1)
+    (full_grad,) = torch.autograd.grad(full.sum(), theta)
+    torch.testing.assert_close(nll, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, full_grad, rtol=1e-4, atol=1e-6)
+    assert counts.tolist() == [4, 2]
