@@ -104,13 +104,14 @@ class KarExpertsConfig(Section):
 class KarConfig(Section):
     """KAR (Xi et al., RecSys 2024) + DCN on the project's own prepared split (MovieLens-100K,
     the demo's ``prepare`` settings) and its new-users protocol. The defaults are the CPU
-    preset: texts for a seeded subset of 64 of the 943 users and 96 of the 1,349 items
+    preset: texts for a seeded subset of 256 of the 943 users and 128 of the 1,349 items
     (users and items without one get a zero vector and a "has text" flag of 0), user prompts
     from the 8 most recent train ratings (~250 tokens with SmolLM2's chat template; an item
     prompt is ~80), at most 32 new tokens a text (greedy), 16 prompts a generation batch;
     DCN with and without the KAR fields on 3 seeds, 189 users (share 0.2) held out of CTR
-    training. (160 users, 15 ratings and 48 new tokens took 262 s for the first 32 users at
-    load ~6: over budget.) ``configs/baselines-gpu.yaml`` sets ``users`` and ``items`` to
+    training. Run it with one torch thread (``OMP_NUM_THREADS=1``): on the shared 2-core box
+    at load ~5, 64 users' texts took 113 s with one thread and 282 s with two, and encoding
+    them minutes. ``configs/baselines-gpu.yaml`` sets ``users`` and ``items`` to
     null (every user and item), 256 new tokens and 30 history items."""
 
     model: str = "smollm2-135m"
@@ -118,8 +119,8 @@ class KarConfig(Section):
     data: PrepareConfig = PrepareConfig()
     data_dir: Path | None = Field(None, description="an already prepared data set; null: prepare `data`")
     seed: Seed = 0
-    users: int | None = Field(64, ge=1, description="seeded subset of users that get a text (null: all)")
-    items: int | None = Field(96, ge=1, description="seeded subset of items that get a text (null: all)")
+    users: int | None = Field(256, ge=1, description="seeded subset of users that get a text (null: all)")
+    items: int | None = Field(128, ge=1, description="seeded subset of items that get a text (null: all)")
     history: int = Field(8, ge=1, description="most recent train ratings in a user's prompt")
     max_new_tokens: int = Field(32, ge=1)
     gen_batch_size: int = Field(16, ge=1)
