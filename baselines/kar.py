@@ -21,8 +21,9 @@ As built here (``baselines.kar_text`` for the texts and vectors):
   model by its test-set score; we do not.
 - New-users protocol: ``new_user_share`` of the users (``downstream.suite.hold_out_users``)
   lose their train and valid rows in CTR training; their texts still come from their train
-  history (as the project's profiles do). Test figures on all test rows and on the new
-  users' rows, for DCN with the KAR fields and DCN without them, on the same rows and seeds,
+  history (as the project's profiles do). Test figures on all test rows, on the new users'
+  rows and on those of the new users that have a text (where the user's text can count),
+  for DCN with the KAR fields and DCN without them, on the same rows and seeds,
   with the paired t-test p-value of each difference (``ctr.use_observed_features`` applies
   to both).
 
@@ -68,7 +69,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "baselines-kar"
 FIELDS = ("user", "item")
-PARTS = ("all", "new")  # every test row; the held-out (new) users' rows
+# every test row; the held-out (new) users' rows; those of the new users that have a text
+PARTS = ("all", "new", "new_text")
 METRICS = ("auc", "logloss", "uauc")
 # Observed user columns that are ids, or one value per user, not attributes for a prompt.
 _NOT_ATTRIBUTES = {"user_id", "user_idx", "zip_code"}
@@ -164,11 +166,11 @@ class KarResult:
     held_out_users: int
     held_out_with_text: int
     seeds: list[int]
-    fits: list[dict[str, Any]]   # per seed and model: valid AUC history, best epoch, test all / new
-    test: dict[str, dict[str, dict[str, float]]]  # model (dcn, kar) -> part (all, new) -> means
+    fits: list[dict[str, Any]]   # per seed and model: valid AUC history, best epoch, test per part
+    test: dict[str, dict[str, dict[str, float]]]  # model (dcn, kar) -> part (PARTS) -> means
     p_values: dict[str, dict[str, float | None]]  # part -> metric -> paired t-test, kar vs dcn
     tokens: dict[str, int]       # user/item prompt and generated tokens, encoded tokens
-    seconds: dict[str, float]    # generation, encoding (when computed), CTR fits (this run)
+    seconds: dict[str, float]    # generation and encoding (when first computed), CTR fits (this run)
     out_dir: str
 
 
@@ -248,21 +250,19 @@ def knowledge(cfg: KarConfig, data: Path, cache_dir: Path) -> Knowledge:
     req = requests(data, cfg)
     loaded = load_frozen_lm(cfg.model, cfg.device)
     tokens: dict[str, int] = {}
-    seconds: dict[str, float] = {"encode": 0.0}
+    seconds: dict[str, float] = {}
     vectors = {}
     for kind, ids, prompts in (("user", req.user_ids, req.user_prompts), ("item", req.item_ids, req.item_prompts)):
         folder = kar_text.text_folder(cache_dir / "texts", kind, cfg.model, cfg.max_new_tokens,
                                       cfg.chunk_rows, ids, prompts)
         texts = kar_text.generate_texts(loaded, folder, ids, prompts, cfg.max_new_tokens,
                                         cfg.chunk_rows, cfg.gen_batch_size)
-        t0 = time.perf_counter()
         vectors[kind] = kar_text.encode_cached(loaded, texts, folder, cfg.encode_batch_size)
-        seconds["encode"] += time.perf_counter() - t0
         tokens[f"{kind}_prompt"] = int(texts.frame["prompt_tokens"].sum())
         tokens[f"{kind}_generated"] = int(texts.frame["new_tokens"].sum())
         seconds[f"{kind}_generate"] = round(float(texts.frame["seconds"].sum()), 2)
     tokens["encoded"] = vectors["user"].tokens + vectors["item"].tokens
-    seconds["encode"] = round(seconds["encode"], 2)
+    seconds["encode"] = round(vectors["user"].seconds + vectors["item"].seconds, 2)
     hidden = int(loaded.model.config.hidden_size)
     tables = TextTables(TextTables.table(vectors["user"].vectors, hidden),
                         TextTables.table(vectors["item"].vectors, hidden),
@@ -285,23 +285,26 @@ def _run(cfg: KarConfig, folder: Path, out_dir: Path, cache_dir: Path) -> KarRes
     test = splits["test"]
     labels = test.y.astype(np.int8)
     new = np.isin(test.user_ids, held) if held is not None else np.zeros(len(labels), bool)
+    parts = {"all": np.ones(len(new), bool), "new": new,
+             "new_text": new & np.isin(test.user_ids, know.tables.user_ids)}
     network = partial(KarDCN, tables=know.tables, experts=cfg.experts)
     t0 = time.perf_counter()
     fits, scores = [], {}
     for seed in cfg.seeds:
-        for name, model, parts in (("dcn", build("dcn", prepared.fmap, cfg.ctr, seed), splits),
-                                   ("kar", TorchModel(network, prepared.fmap, cfg.ctr, seed), kar_splits)):
-            info = model.fit(parts["train"], parts["valid"], threads=cfg.threads)
-            s = model.predict(parts["test"].x_cat, parts["test"].x_dense)
+        for name, model, data_splits in (("dcn", build("dcn", prepared.fmap, cfg.ctr, seed), splits),
+                                         ("kar", TorchModel(network, prepared.fmap, cfg.ctr, seed), kar_splits)):
+            info = model.fit(data_splits["train"], data_splits["valid"], threads=cfg.threads)
+            s = model.predict(data_splits["test"].x_cat, data_splits["test"].x_dense)
             scores[(name, seed)] = s
             fits.append({"model": name, "seed": seed, "best_epoch": info.best_epoch,
                          "valid_auc": info.val_auc_history,
-                         "test": {part: _metrics(test, labels, s, rows) for part, rows in _parts(new).items()}})
+                         "test": {part: _metrics(test, labels, s, rows) for part, rows in parts.items()}})
             log.info("kar: %s seed %d: valid AUC %.4f at epoch %d, test AUC %.4f", name, seed,
                      info.val_auc, info.best_epoch, float(roc_auc_score(labels, s)))
     ctr_seconds = time.perf_counter() - t0
 
-    frame = pl.DataFrame({"user_id": test.user_ids, "item_id": test.item_ids, "label": labels, "new_user": new})
+    frame = pl.DataFrame({"user_id": test.user_ids, "item_id": test.item_ids, "label": labels,
+                          "new_user": new, "user_has_text": np.isin(test.user_ids, know.tables.user_ids)})
     frame.with_columns([pl.Series(f"score_{m}_seed{s}", v) for (m, s), v in scores.items()]).write_parquet(
         folder / "test_scores.parquet")
     tables = know.tables
@@ -313,10 +316,6 @@ def _run(cfg: KarConfig, folder: Path, out_dir: Path, cache_dir: Path) -> KarRes
         held_out_with_text=0 if held is None else int(np.isin(held, tables.user_ids).sum()),
         seeds=list(cfg.seeds), fits=fits, test=_summary(fits), p_values=_p_values(fits),
         tokens=know.tokens, seconds={**know.seconds, "ctr": round(ctr_seconds, 2)}, out_dir=str(out_dir))
-
-
-def _parts(new: np.ndarray) -> dict[str, np.ndarray]:
-    return {"all": np.ones(len(new), bool), "new": new}
 
 
 def _metrics(test: Split, labels: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> dict[str, float] | None:

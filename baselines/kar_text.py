@@ -11,8 +11,9 @@ encoder that turns each text into one vector.
   into a folder named after the settings' fingerprint (LM, token budget, every prompt),
   each chunk renamed into place only when whole. A run killed mid-way resumes at the first
   missing chunk; a run with the same fingerprint reuses every chunk.
-- ``encode_texts``: the mean of the LM's last hidden states over each text's tokens
-  (padding excluded), cached as safetensors under the fingerprint of the texts and the LM.
+- ``encode_cached``: the mean of the LM's last hidden states over each text's tokens
+  (padding excluded, ``encode``), cached as safetensors under the fingerprint of the texts
+  and the LM.
 """
 
 from __future__ import annotations
@@ -176,12 +177,13 @@ def encode(lm: LoadedLM, texts: Sequence[str], batch_size: int) -> tuple[torch.T
 class TextVectors:
     ids: list[str]          # the rows that have a (non-empty) text
     vectors: torch.Tensor   # [len(ids), hidden]
-    tokens: int             # tokens the encoder ran (also when read back from the cache)
+    tokens: int             # tokens the encoder ran and the seconds it took (kept in the cache)
+    seconds: float
 
 
 def encode_cached(lm: LoadedLM, texts: Texts, folder: Path, batch_size: int) -> TextVectors:
-    """``encode`` of every non-empty text, cached as ``<folder>.<model>.safetensors`` beside the
-    text folder (keyed by the texts and the encoder LM)."""
+    """``encode`` of every non-empty text, cached as a safetensors file beside the text folder
+    (keyed by the texts and the encoder LM; the ids, tokens and seconds in its metadata)."""
     kept = texts.frame.filter(pl.col("text").str.len_chars() > 0)
     key = hash_json({"ids": kept["id"].to_list(), "texts": kept["text"].to_list(),
                      "encoder": str(lm.path), "pooling": "mean-last-hidden"})
@@ -189,10 +191,14 @@ def encode_cached(lm: LoadedLM, texts: Texts, folder: Path, batch_size: int) -> 
     if path.is_file():
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
-            return TextVectors(json.loads(meta["ids"]), f.get_tensor("vectors"), int(meta["tokens"]))
+            return TextVectors(json.loads(meta["ids"]), f.get_tensor("vectors"), int(meta["tokens"]),
+                               float(meta["seconds"]))
     ids = kept["id"].to_list()
+    t0 = time.perf_counter()
     vectors, tokens = encode(lm, kept["text"].to_list(), batch_size)
+    seconds = round(time.perf_counter() - t0, 2)
     tmp = path.with_suffix(".tmp")
-    save_file({"vectors": vectors.contiguous()}, tmp, metadata={"ids": json.dumps(ids), "tokens": str(tokens)})
+    save_file({"vectors": vectors.contiguous()}, tmp,
+              metadata={"ids": json.dumps(ids), "tokens": str(tokens), "seconds": str(seconds)})
     os.replace(tmp, path)
-    return TextVectors(ids, vectors, tokens)
+    return TextVectors(ids, vectors, tokens, seconds)

@@ -118,7 +118,8 @@ def table(record: dict[str, Any]) -> str:
     if "kar" in methods:
         r, c = methods["kar"]["result"], cfg["kar"]
         for name, key, lm in (("DCN", "dcn", "-"), ("KAR + DCN", "kar", c["model"])):
-            for part, protocol in (("all", "ours ML-100K, new-users protocol"), ("new", "ours, new users' rows")):
+            for part, protocol in (("all", "ours ML-100K, new-users protocol"), ("new", "ours, new users' rows"),
+                                   ("new_text", "ours, rows of new users with a text")):
                 if part in r["test"][key]:  # no new users' rows when none are held out
                     lines.append(_row(name, protocol, r["test"][key][part], lm))
     lines += ["", "Published test AUC (their models and full data):", "",

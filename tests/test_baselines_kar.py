@@ -145,14 +145,15 @@ def test_tiny_kar_run_writes_the_table_and_is_reused(ml100k_small_dir: Path, tmp
     assert r["users_with_text"] == 6 and r["items_with_text"] == 8
     assert {f["model"] for f in r["fits"]} == {"dcn", "kar"} and len(r["fits"]) == 4
     for model in ("dcn", "kar"):
-        assert set(r["test"][model]) == {"all", "new"}
+        assert {"all", "new"} <= set(r["test"][model])
         assert r["test"][model]["all"]["n"] > r["test"][model]["new"]["n"] > 0
-    assert set(r["p_values"]) == {"all", "new"} and set(r["p_values"]["all"]) == {"auc", "logloss", "uauc"}
+    assert set(r["p_values"]) == {"all", "new", "new_text"} and set(r["p_values"]["all"]) == {"auc", "logloss", "uauc"}
     assert min(r["tokens"].values()) > 0 and r["tokens"]["item_generated"] <= 4 * 8
     for f in r["fits"]:
         assert f["best_epoch"] == int(np.argmax(f["valid_auc"])) + 1  # chosen on valid
     scores = pl.read_parquet(root / "kar" / "test_scores.parquet")
     assert scores.height == r["test"]["kar"]["all"]["n"] and scores["new_user"].sum() == r["test"]["kar"]["new"]["n"]
+    assert scores["user_has_text"].sum() > 0
     table = (root / "results" / "results.md").read_text()
     auc = r["test"]["kar"]["new"]["auc"]
     assert f"| KAR + DCN | ours, new users' rows | smollm2-135m | {auc:.4f} |" in table
