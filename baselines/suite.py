@@ -5,6 +5,7 @@ published atomically by its own stage and reused when its config has not changed
 
 - ``tallrec/``: ``tallrec.run``;
 - ``collm-mf/`` and ``collm/``: ``collm_mf.run`` and ``collm.run``;
+- ``kar/``: ``kar.run``, with its caches (prepared data, texts, vectors) in ``kar-cache/``;
 - ``results/``: ``results.json`` (every method's result and the machine) and
   ``results.md`` (the table).
 
@@ -26,13 +27,13 @@ from typing import Any
 import torch
 
 from userip.atomic import check_output_dir
-from userip.baselines import collm, tallrec
+from userip.baselines import collm, kar, tallrec
 from userip.baselines import collm_mf as mf
 from userip.baselines.config import BaselinesConfig
 from userip.baselines.runs import publishing
 from userip.errors import ConfigError
 
-METHODS = ("tallrec", "collm")
+METHODS = ("tallrec", "collm", "kar")
 RESULTS_STAGE = "baselines-results"
 # Published test AUCs beside which ours are set (the papers' models, protocols and sizes).
 PUBLISHED = {
@@ -43,13 +44,16 @@ PUBLISHED = {
               ("DIN, CoLLM Table II", 0.7166),
               ("TALLRec, CoLLM Table II (Vicuna-7B)", 0.7097),
               ("CoLLM-MF, CoLLM Table II (Vicuna-7B)", 0.7295)],
+    "kar": [("DCN, UserIP Table 5 (industrial ads data)", 0.76394),
+            ("KAR + DCN, UserIP Table 5", 0.78663)],
 }
 
 
 def folders(root: Path) -> dict[str, tuple[Path, str]]:
     """Each output folder under ``root`` and the stage that owns it."""
     return {"tallrec": (root / "tallrec", tallrec.STAGE), "collm-mf": (root / "collm-mf", mf.STAGE),
-            "collm": (root / "collm", collm.STAGE), "results": (root / "results", RESULTS_STAGE)}
+            "collm": (root / "collm", collm.STAGE), "kar": (root / "kar", kar.STAGE),
+            "results": (root / "results", RESULTS_STAGE)}
 
 
 def parse_only(only: str | None) -> tuple[str, ...]:
@@ -75,8 +79,10 @@ def run_all(cfg: BaselinesConfig, root: Path, methods: Sequence[str] = METHODS) 
         t0 = time.perf_counter()
         if method == "tallrec":
             result: Any = tallrec.run(cfg.tallrec, dirs["tallrec"][0])
-        else:
+        elif method == "collm":
             result = collm.run(cfg.collm, dirs["collm"][0], dirs["collm-mf"][0])
+        else:
+            result = kar.run(cfg.kar, dirs["kar"][0], Path(root) / "kar-cache")
         results[method] = {"result": asdict(result), "wall_seconds": round(time.perf_counter() - t0, 2)}
     record = {"machine": machine(), "config": cfg.model_dump(mode="json"), "methods": results}
     with publishing(dirs["results"][0], RESULTS_STAGE) as tmp:
@@ -109,6 +115,13 @@ def table(record: dict[str, Any]) -> str:
             for part in ("all", "warm", "cold"):
                 protocol = "CoLLM ML-1M" + ("" if part == "all" else f", {part}")
                 lines.append(_row(name, protocol, r[key][part], lm))
+    if "kar" in methods:
+        r, c = methods["kar"]["result"], cfg["kar"]
+        for name, key, lm in (("DCN", "dcn", "-"), ("KAR + DCN", "kar", c["model"])):
+            for part, protocol in (("all", "ours ML-100K, new-users protocol"), ("new", "ours, new users' rows"),
+                                   ("new_text", "ours, rows of new users with a text")):
+                if part in r["test"][key]:  # no new users' rows when none are held out
+                    lines.append(_row(name, protocol, r["test"][key][part], lm))
     lines += ["", "Published test AUC (their models and full data):", "",
               "| source | AUC |", "|---|---|"]
     for method in methods:

@@ -107,6 +107,7 @@ class Split:
     """One split encoded for a feature map: ids, features and labels per row."""
 
     user_ids: np.ndarray
+    item_ids: np.ndarray
     x_cat: np.ndarray
     x_dense: np.ndarray
     y: np.ndarray

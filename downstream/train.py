@@ -75,9 +75,9 @@ def prepare(data_dir: Path, codes: CodeSource | None, use_observed: bool,
     splits = {}
     for name in ("train", "valid", "test"):
         part = inter.filter(pl.col("split") == name)
-        uid = part["user_id"].to_numpy()
-        x_cat, x_dense = encoder.encode(uid, part["item_id"].to_numpy())
-        splits[name] = Split(uid, x_cat, x_dense, part["label"].to_numpy().astype(np.float32))
+        uid, iid = part["user_id"].to_numpy(), part["item_id"].to_numpy()
+        x_cat, x_dense = encoder.encode(uid, iid)
+        splits[name] = Split(uid, iid, x_cat, x_dense, part["label"].to_numpy().astype(np.float32))
     return Prepared(fmap, splits, codes_record(codes), hash_file(data_dir / INTERACTIONS),
                     None if held_out is None else users_fingerprint(held_out))
 

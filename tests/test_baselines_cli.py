@@ -26,9 +26,10 @@ def _one_line_error(capsys, argv: list[str]) -> str:
 
 @pytest.mark.parametrize("baselines, only, expected", [
     ("  collm: {train_samples: 0}\n", None, "baselines.collm.train_samples: Input should be greater than or equal to 1"),
-    ("  kar: {}\n", None, "baselines.kar: Extra inputs are not permitted"),
+    ("  knn: {}\n", None, "baselines.knn: Extra inputs are not permitted"),
     ("  tallrec: {shots: 9000}\n", "tallrec", "tallrec: shots asks for 9000 samples; the protocol has 8000"),
-    ("  {}\n", "tallrec,kar", "--only 'tallrec,kar': unknown method 'kar'; choose from tallrec, collm"),
+    ("  kar: {users: 0}\n", "kar", "baselines.kar.users: Input should be greater than or equal to 1"),
+    ("  {}\n", "tallrec,knn", "--only 'tallrec,knn': unknown method 'knn'; choose from tallrec, collm, kar"),
 ])
 def test_bad_settings_are_one_line(tmp_path: Path, capsys, baselines: str, only: str | None, expected: str):
     argv = ["baselines", "--config", str(_config(tmp_path, baselines))] + (["--only", only] if only else [])

@@ -43,10 +43,12 @@ class DCN(nn.Module, Foldable):
     item field into one row per item, so scoring costs two gathers however many
     user-level fields there are."""
 
-    def __init__(self, fmap, hp) -> None:
+    def __init__(self, fmap, hp, extra_fields: int = 0) -> None:
+        """``extra_fields``: fields of width ``embedding_dim`` that a wrapping network appends
+        to the embedded ones before ``from_fields`` (KAR's two text fields)."""
         super().__init__()
         self.embedding = FeatureEmbedding(fmap, hp.embedding_dim)
-        self.width = fmap.n_fields * hp.embedding_dim
+        self.width = (fmap.n_fields + extra_fields) * hp.embedding_dim
         self.cross = CrossNet(self.width, hp.cross_layers)
         self.deep = mlp(self.width, hp.mlp, hp.dropout, out_dim=None)
         self.head = nn.Linear(self.width + hp.mlp[-1], 1)
@@ -56,7 +58,11 @@ class DCN(nn.Module, Foldable):
         return torch.cat([self.cross.w, self.head.weight[:, :self.width], self.deep[0].weight]).T
 
     def forward(self, x_cat, x_dense):
-        return self.from_first_layer(self.embedding(x_cat, x_dense).flatten(1) @ self._first_layer())
+        return self.from_fields(self.embedding(x_cat, x_dense))
+
+    def from_fields(self, emb: torch.Tensor) -> torch.Tensor:
+        """Logits from x_0 as field embeddings (B, fields, embedding_dim)."""
+        return self.from_first_layer(emb.flatten(1) @ self._first_layer())
 
     def from_first_layer(self, z: torch.Tensor) -> torch.Tensor:
         """head([a * x_0 + c, deep(x_0)]) with the cross half folded

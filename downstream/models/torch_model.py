@@ -9,6 +9,7 @@ validation AUC per epoch; stops after ``patience`` epochs without a better one (
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ _EVAL_BATCH = 16384
 
 
 class TorchModel(CTRModel):
-    def __init__(self, network: type[nn.Module], fmap: FeatureMap, hp: FitSettings, seed: int) -> None:
+    def __init__(self, network: Callable[[FeatureMap, FitSettings], nn.Module], fmap: FeatureMap,
+                 hp: FitSettings, seed: int) -> None:
         torch.manual_seed(seed)  # before the network: its initial weights come from the global RNG
         self.net = network(fmap, hp)
         init_weights(self.net)

@@ -1,5 +1,5 @@
-"""``userip baselines``: the LLM recommenders the papers compare with (TALLRec, CoLLM), each
-on its own protocol and embedded data, and a table of our AUCs beside the published ones.
+"""``userip baselines``: the LLM recommenders the papers compare with (TALLRec, CoLLM, KAR),
+each on its own protocol (KAR: the project's split) and embedded data, and a table of our AUCs beside the published ones.
 
 Outputs go to ``<workdir>/baselines`` (layout: ``userip.baselines.suite``); a method whose
 settings have not changed since its last finished run is reused, not recomputed."""
@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     p.add_argument("--config", type=Path, required=True,
                    help="YAML config: `workdir` and the `baselines` section (configs/baselines-cpu.yaml)")
-    p.add_argument("--only", help="comma-separated methods (tallrec,collm); default: all")
+    p.add_argument("--only", help="comma-separated methods (tallrec,collm,kar); default: all")
     p.set_defaults(run=run)
 
 
