@@ -33,6 +33,23 @@ from userip.profile_infer.prompt import build_layout
 from userip.profile_infer.train import Trainer
 
 
+def subset_trainer(config: Path, data_dir: Path, users: int, sets: list[str]):
+    """The real ``Trainer`` on the first ``users`` users (by user_idx) of a prepared data
+    set, every one of them an evidence user; ``sets``: ``key=value`` config overrides
+    (YAML values). Returns (overrides, profile config, frozen LM, data, trainer)."""
+    overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in sets)}
+    cfg = load_config(config, overrides).profile
+    lm = load_frozen_lm(cfg.model, "cpu")
+    torch.set_grad_enabled(True)
+    layout = build_layout(lm.tokenizer, cfg.profiles, cfg.task)
+    ids = pl.read_parquet(data_dir / BEHAVIOUR).sort("user_idx")["user_id"].to_list()
+    data = load_profile_data(data_dir, lm.tokenizer, cfg.max_target_tokens, set(ids[:users]),
+                             None, cfg.seed, None)
+    trainer = Trainer(cfg, lm.model, layout, data, lm.device, lm.tokenizer.pad_token_id,
+                      "bench", Path("/nonexistent"))
+    return overrides, cfg, lm, data, trainer
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, required=True)
@@ -42,16 +59,7 @@ def main() -> None:
     ap.add_argument("--report-at", type=int, nargs="*", help="epochs to score (default: the last)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
-    overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
-    cfg = load_config(args.config, overrides).profile
-    lm = load_frozen_lm(cfg.model, "cpu")
-    torch.set_grad_enabled(True)
-    layout = build_layout(lm.tokenizer, cfg.profiles, cfg.task)
-    ids = pl.read_parquet(args.data / BEHAVIOUR).sort("user_idx")["user_id"].to_list()
-    data = load_profile_data(args.data, lm.tokenizer, cfg.max_target_tokens, set(ids[: args.users]),
-                             None, cfg.seed, None)
-    trainer = Trainer(cfg, lm.model, layout, data, lm.device, lm.tokenizer.pad_token_id,
-                      "bench", Path("/nonexistent"))
+    overrides, cfg, lm, data, trainer = subset_trainer(args.config, args.data, args.users, args.set)
     score = partial(trainer.score_targets, words=feedback_words(lm.tokenizer))
     t0 = time.perf_counter()
     if cfg.shared_steps:
