@@ -107,8 +107,11 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
     trainer.try_resume()
     progress = trainer.fit()
     theta = trainer.full_theta()
+    fitted = dd.all_sum(torch.tensor([progress.lm_tokens["train"], progress.lm_tokens["eval"]],
+                                     dtype=torch.float64))
     rank, world = dd.world()
     if rank == 0:
+        eval_before = progress.lm_tokens["eval"]
         codes = codes_frame(data.user_ids, theta, trainer.codebooks, names, layout.profile_slices)
         score = partial(trainer.score_targets,
                         words=feedback_words(loaded.tokenizer) if data.feedback else None)
@@ -116,6 +119,8 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
                                trainer.codebooks, layout.profile_slices, cfg.seed,
                                cfg.evidence_draws)
         log.info("evidence: own vs other θ gap %s", evidence.get("theta"))
+        lm_tokens = {"train": int(fitted[0]),
+                     "eval": int(fitted[1]) + progress.lm_tokens["eval"] - eval_before}
         user_ids = data.user_ids
         if base is not None:
             theta, user_ids, codes = _merge(base, data.user_ids, theta, codes)
@@ -135,7 +140,7 @@ def infer(cfg: ProfileConfig, data_dir: Path, out_dir: Path, users_file: Path | 
             best_valid_llm=progress.best_valid if progress.best_epoch >= 0 else None,
             reseeded_codes={p.name: progress.reseeded.get(p.name, 0) for p in cfg.profiles},
             theta_init=cfg.theta_init, history_coverage=data.coverage(progress.epoch),
-            surrogate_warmup=progress.surrogate_warmup, evidence=evidence,
+            surrogate_warmup=progress.surrogate_warmup, evidence=evidence, lm_tokens=lm_tokens,
             skipped=data.skipped, pad_token_fallback=loaded.pad_fallback, world_size=world)
         publish(out_dir, theta=theta, user_ids=user_ids, codebooks=trainer.codebooks,
                 surrogate_state=trainer.surrogate.state_dict(), item_ids=data.item_ids, codes=codes,

@@ -63,6 +63,9 @@ class ProfileMeta(Sidecar):
     history_coverage: float | None = None
     surrogate_warmup: dict[str, Any] | None = None
     evidence: dict[str, Any] | None = None
+    # LM input positions this run processed, summed over processes: "train" with a backward
+    # pass (shared start, EM steps), "eval" forward only (validation, evidence); offline cost
+    lm_tokens: dict[str, int] | None = None
     skipped: dict[str, int]
     pad_token_fallback: bool
     world_size: int

@@ -46,6 +46,11 @@ class PromptLayout:
         reached[self.constant] = False
         return reached.nonzero()[:, 0]
 
+    def positions_run(self, batch: int, target_len: int) -> int:
+        """LM input positions ``token_nll`` runs for a batch: the context phrases once,
+        the rest once per row (the offline-cost count of meta.json's ``lm_tokens``)."""
+        return len(self.constant) + batch * (self.prefix_len + target_len - len(self.constant))
+
 
 def build_layout(tokenizer, profiles: tuple[ProfileSpec, ...], task: str) -> PromptLayout:
     """Tokenize context phrases and the task phrase once; mark where θ goes."""

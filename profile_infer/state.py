@@ -31,6 +31,8 @@ class Progress:
     surrogate_warmup: dict[str, float] = field(default_factory=dict)  # BCE before/after, constant
     done: bool = False
     sums: dict[str, float] = field(default_factory=dict)
+    # LM input positions run by this process: "train" with a backward pass, "eval" without
+    lm_tokens: dict[str, int] = field(default_factory=lambda: {"train": 0, "eval": 0})
     curves: list[dict] = field(default_factory=list)
 
 

@@ -136,6 +136,7 @@ class Trainer:
             ids, real = pad_targets([self.data.window(r, self.progress.epoch)
                                      for r in rows.tolist()], self.lm_pad)
             nll, counts = target_nll(self.lm, self.layout, theta, ids, real)
+            self.progress.lm_tokens["train"] += self.layout.positions_run(*ids.shape)
             per_user = nll / counts
             (grad_llm,) = torch.autograd.grad(per_user.sum() / g, theta)
             grad += grad_llm
@@ -206,6 +207,7 @@ class Trainer:
                                         self.lm_pad)
                 nll, counts = target_nll(self.lm, self.layout, shared.expand(len(rows), -1, -1),
                                          ids, real)
+                self.progress.lm_tokens["train"] += self.layout.positions_run(*ids.shape)
                 (nll / counts).sum().backward()
             dd.all_sum_grads([shared])
             opt.step()
@@ -228,6 +230,7 @@ class Trainer:
         for i in range(0, len(targets), step):
             ids, real = pad_targets(targets[i: i + step], self.lm_pad)
             nll, _ = token_nll(self.lm, self.layout, theta[i: i + step].to(self.device), ids, real)
+            self.progress.lm_tokens["eval"] += self.layout.positions_run(*ids.shape)
             out["all"][i: i + step] = (per_row_sum(nll, real) / real.sum(1).to(nll.device)).cpu().numpy()
             if words is not None:
                 on = torch.isin(ids[real], words).to(nll)

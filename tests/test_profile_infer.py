@@ -50,6 +50,7 @@ def test_full_run_publishes_every_output(tiny, tmp_path):
     assert [(p["name"], p["K"]) for p in meta["profiles"]] == [("hobby", 4), ("background", 3)]
     assert meta["n_users"] == 11
     assert meta["evidence"]["draws"] == 1 and "feedback" in meta["evidence"]
+    assert meta["lm_tokens"]["train"] > 0 and meta["lm_tokens"]["eval"] > 0
     curves = pl.read_csv(out / "curves.csv")
     assert curves["phase"].to_list() == ["init", "warmup", "joint", "joint"]
     assert curves["train_llm"][0] is None and curves["train_vec"][1] is None

@@ -94,3 +94,20 @@ def test_cached_context_phrases_give_the_full_forwards_loss_and_gradient(tiny, a
     torch.testing.assert_close(nll, full, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad, full_grad, rtol=1e-4, atol=1e-6)
     assert counts.tolist() == [4, 2]
+
+
+def test_positions_run_counts_what_the_decoder_is_fed(tiny):
+    """meta.json's lm_tokens adds ``positions_run`` per forward: it must equal the input
+    positions the real decoder receives (the cached context phrases once, the rest per row)."""
+    lm = load_frozen_lm(str(tiny))
+    layout = build_layout(lm.tokenizer, ProfileConfig().profiles, ". Items:")
+    fed = []
+    hook = lm.model.model.register_forward_pre_hook(
+        lambda _m, _a, kw: fed.append(kw["inputs_embeds"].shape[:2].numel()), with_kwargs=True)
+    ids, real = pad_targets([[100, 200, 300], [400], [500, 600]], lm.tokenizer.pad_token_id)
+    theta = torch.zeros(3, 2, lm.model.config.hidden_size)
+    with torch.no_grad():
+        target_nll(lm.model, layout, theta, ids, real)
+    hook.remove()
+    assert len(fed) == 2 and sum(fed) == layout.positions_run(3, 3)
+    assert fed[0] == len(layout.constant) > 0
