@@ -42,18 +42,7 @@ from sklearn.metrics import roc_auc_score
 from userip.baselines import collm_mf
 from userip.baselines.collm_data import build_split
 from userip.baselines.config import CollmConfig
-from userip.baselines.lm import (
-    Prefix,
-    Segment,
-    SegmentBatch,
-    SegmentLM,
-    Text,
-    Vectors,
-    add_lora,
-    answer_ids,
-    save_adapter,
-    splits_cleanly,
-)
+from userip.baselines.lm import Segment, SegmentLM, Text, Vectors, add_lora, answer_ids, save_adapter
 from userip.baselines.runs import batches, draw, run_once
 from userip.profile_infer.model_loading import load_frozen_lm
 
@@ -142,33 +131,23 @@ class Model:
     tokens: dict[str, int] = field(default_factory=lambda: {"train": 0, "eval": 0})
     seconds: dict[str, float] = field(default_factory=lambda: {"train": 0.0, "eval": 0.0})
 
-    def batch(self, tails: list[list[Segment]], prefix: Prefix | None, what: str) -> SegmentBatch:
-        batch = self.lm.embed(tails if prefix else [[Text(HEAD), *t] for t in tails],
-                              padding="left", continuation=prefix is not None)
-        self.tokens[what] += int(batch.attention_mask.sum())
-        return batch
+    def yes_logit(self, tails: list[list[Segment]]) -> torch.Tensor:
+        """The raw Yes logit of whole prompts (HEAD + tail), for training."""
+        batch = self.lm.embed([[Text(HEAD), *t] for t in tails], padding="left")
+        self.tokens["train"] += int(batch.attention_mask.sum())
+        return self.lm.answer_logits(batch)[:, self.yes].float()
 
-    def yes_logit(self, tails: list[list[Segment]], prefix: Prefix | None = None,
-                  what: str = "train") -> torch.Tensor:
-        return self.lm.answer_logits(self.batch(tails, prefix, what), prefix)[:, self.yes].float()
-
-    @torch.no_grad()
     def score(self, rows: Rows, prompts: Prompts) -> np.ndarray:
         """sigmoid of the Yes logit per row; HEAD runs once, from the LM's cache, when it is
         a clean token prefix of every prompt."""
         t0 = time.perf_counter()
-        self.lm.model.eval()
-        index = list(range(len(rows)))
-        tails = prompts(rows, index)
-        first = [t[0].text for t in tails if isinstance(t[0], Text)]
-        reuse = len(first) == len(tails) and all(
-            splits_cleanly(self.lm.tokenizer, HEAD, f) for f in first)
-        prefix = self.lm.prefix([Text(HEAD)]) if reuse else None
-        self.tokens["eval"] += prefix.length if prefix else 0
-        out = [torch.sigmoid(self.yes_logit(list(chunk), prefix, "eval")).cpu().numpy()
-               for chunk in batches(tails, self.eval_batch_size)]
+        with torch.no_grad():
+            tails = prompts(rows, list(range(len(rows))))
+        scored = self.lm.score_after(HEAD, tails, self.eval_batch_size,
+                                     lambda logits: torch.sigmoid(logits[:, self.yes].float()))
+        self.tokens["eval"] += scored.tokens
         self.seconds["eval"] += time.perf_counter() - t0
-        return np.concatenate(out)
+        return scored.scores
 
 
 @dataclass(frozen=True)
