@@ -1,8 +1,9 @@
 """Config of the LLM baselines: one pydantic section per method, under ``BaselinesConfig``.
 
-Sections follow ``userip.config.Section`` (unknown keys are errors; ``learned()`` is what
-a cache key holds); ``BaselinesConfig`` hangs under the main config as ``baselines:``
-(``BaselinesRunConfig``).
+Sections follow ``userip.section.Section`` (unknown keys are errors; ``learned()`` is what
+a cache key holds); ``BaselinesConfig`` hangs under the main config as its optional
+``baselines:`` section. This module is schema only, on the ground floor like
+``userip.hyper``: ``userip.config`` embeds it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from userip.config import Config, Section, Seed
+from userip.section import Section, Seed
 
 
 class LoraConfig(Section):
@@ -87,14 +88,21 @@ class CollmConfig(Section):
     mf: MfConfig = MfConfig(dims=(64,), lrs=(1e-2,), weight_decays=(1e-5,))
 
 
+class SameDataConfig(Section):
+    """Every baseline on the project's own prepared split (``prepare``'s output) and its
+    new-users protocol (``downstream.new_user_share``): each method trains on the other users'
+    train rows with its own section's sizes and epochs and picks its epochs on their valid
+    rows; all methods score the same seeded test rows. The defaults are the CPU preset; null
+    scores every test row (the GPU preset)."""
+
+    seed: Seed = 0
+    test_samples: int | None = Field(200, ge=1, description="seeded subsample of every user's test rows (null: all)")
+    new_user_samples: int | None = Field(
+        100, ge=1, description="seeded subsample of the held-out users' test rows, scored for the new-user AUC (null: all)")
+    history: int = Field(10, ge=1, description="the user's most recent train interactions in a prompt")
+
+
 class BaselinesConfig(Section):
     tallrec: TallrecConfig = TallrecConfig()
     collm: CollmConfig = CollmConfig()
-
-
-class BaselinesRunConfig(Config):
-    """What ``userip baselines --config`` reads: the main config plus its ``baselines:``
-    section (every other section is checked as ``userip run`` checks it); the outputs go to
-    ``<workdir>/baselines``."""
-
-    baselines: BaselinesConfig = BaselinesConfig()
+    same_data: SameDataConfig = SameDataConfig()

@@ -35,6 +35,16 @@ def test_bad_settings_are_one_line(tmp_path: Path, capsys, baselines: str, only:
     assert expected in _one_line_error(capsys, argv)
 
 
+@pytest.mark.parametrize("extra, expected", [
+    (["--protocols", "own,theirs"], "--protocols 'own,theirs': unknown protocol 'theirs'; choose from own, ours"),
+    (["--run", "somewhere"], "--run and --serving go with --data"),
+    (["--data", "nowhere"], "not a prepared data dir (no interactions.parquet)"),
+])
+def test_bad_same_data_flags_are_one_line(tmp_path: Path, capsys, extra: list[str], expected: str):
+    argv = ["baselines", "--config", str(_config(tmp_path, "  {}\n")), *extra]
+    assert expected in _one_line_error(capsys, argv)
+
+
 def test_a_foreign_folder_is_refused_before_any_work(tmp_path: Path, capsys):
     mine = tmp_path / "run" / "baselines" / "results"
     mine.mkdir(parents=True)
