@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                         "finished runs of the other are still tabulated")
     p.add_argument("--data", type=Path,
                    help="a prepared data dir (`userip prepare`'s output): also run every method on it")
-    p.add_argument("--run", type=Path,
+    p.add_argument("--run", type=Path, dest="run_dir",
                    help="with --data: a finished `userip run` downstream folder (its report's metrics.json "
                         "gives the DCN rows, its held_out.json the new users)")
     p.add_argument("--serving", type=Path, help="with --data: the JSON `bench/serve.py --baselines` printed")
@@ -39,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     methods, protocols = parse_only(args.only), parse_protocols(args.protocols)
-    if (args.run or args.serving) and not args.data:
+    if (args.run_dir or args.serving) and not args.data:
         raise ConfigError("--run and --serving go with --data (the prepared split they describe)")
-    ours = (our_split(args.data, args.run, cfg.downstream.new_user_share, cfg.downstream.new_user_seed)
+    ours = (our_split(args.data, args.run_dir, cfg.downstream.new_user_share, cfg.downstream.new_user_seed)
             if args.data else None)
     serving = json.loads(args.serving.read_text()) if args.serving else None
     root = cfg.stage_dir("baselines")
