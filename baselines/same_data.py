@@ -43,8 +43,7 @@ from userip.profile_infer.model_loading import load_frozen_lm
 
 log = logging.getLogger(__name__)
 
-STAGES = {"tallrec": "baselines-ours-tallrec", "collm": "baselines-ours-collm",
-          "collm-mf": "baselines-ours-collm-mf"}
+STAGES = {"tallrec": "baselines-ours-tallrec", "collm": "baselines-ours-collm"}  # MF's: collm_mf.STAGE
 PARTS = ("train", "valid", "test")
 
 

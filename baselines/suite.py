@@ -88,7 +88,7 @@ METHODS: dict[str, Method] = {
         serve=lambda cfg, root, data, n: same_data.tallrec_scorer(cfg.tallrec, cfg.same_data, data,
                                                                   root / "ours-tallrec", n)),
     "collm": Method(
-        folders={"collm-mf": mf.STAGE, "collm": collm.STAGE, "ours-collm-mf": same_data.STAGES["collm-mf"],
+        folders={"collm-mf": mf.STAGE, "collm": collm.STAGE, "ours-collm-mf": mf.STAGE,
                  "ours-collm": same_data.STAGES["collm"]},
         own=lambda cfg, root: collm.job(cfg.collm, root / "collm", root / "collm-mf"),
         own_rows=_collm_rows,
