@@ -39,7 +39,8 @@ def test_userip_run_runs_the_baselines_after_the_report_and_caches_them(prefect_
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=2400)
     out = first.stdout + first.stderr
     assert first.returncode == 0, out[-4000:]
-    assert "Task run 'baselines' - Finished in state Completed()" in out
+    # the eight stage tasks (prepare ... report, the one model's train, baselines) ran
+    assert out.count("prefect.task_runs: Finished in state Completed()") == 8, out[-4000:]
     (results,) = (workdir / "baselines" / "flow").iterdir()
     record = json.loads((results / "results.json").read_text())
     assert list(record["methods"]) == ["tallrec", "collm"] and record["not_run"] == []
@@ -55,9 +56,12 @@ def test_userip_run_runs_the_baselines_after_the_report_and_caches_them(prefect_
     table = (results / "results.md").read_text()
     assert "| DCN (2 seeds) |" in table and "| TALLRec K=4 |" in table and "| CoLLM-MF |" in table
     assert (workdir / "baselines" / "ours-collm" / "adapter" / "adapter_config.json").is_file()
+    written = (results / "results.json").stat().st_mtime_ns
 
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     out = second.stdout + second.stderr
     assert second.returncode == 0, out[-4000:]
-    assert "Task run 'baselines' - Finished in state Cached" in out
+    assert "prefect.task_runs: Finished in state Completed()" not in out, out[-4000:]
+    assert out.count("prefect.task_runs: Finished in state Cached") == 8, out[-4000:]
+    assert (results / "results.json").stat().st_mtime_ns == written
     assert [p.name for p in (workdir / "baselines" / "flow").iterdir()] == [results.name]

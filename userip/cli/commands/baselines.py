@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from userip.cli.commands.run import parse_overrides
 from userip.config import load_config
 from userip.errors import ConfigError
 
@@ -21,6 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     p.add_argument("--config", type=Path, required=True,
                    help="YAML config: `workdir` and the `baselines` section (configs/baselines-cpu.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set baselines.tallrec.shots=16 (YAML value)")
     p.add_argument("--only", help="comma-separated methods (tallrec,collm); default: all")
     p.add_argument("--protocols", help="own (each method's authors'), ours (--data's split), or both (default); "
                                         "finished runs of the other are still tabulated")
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from userip.baselines.config import BaselinesConfig
     from userip.baselines.suite import RESULTS_STAGE, folders, our_split, parse_only, parse_protocols, run_all
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, parse_overrides(args.set))
     methods, protocols = parse_only(args.only), parse_protocols(args.protocols)
     if (args.run_dir or args.serving) and not args.data:
         raise ConfigError("--run and --serving go with --data (the prepared split they describe)")
