@@ -21,7 +21,8 @@ LM run), the median of ``--lm-repeats`` after a warm-up call; ``per_10k_s`` scal
 10,000 instances, beside DCN's and DCN + codes' (whose calls score 10,000 rows each).
 
     python bench/serve.py [--data DIR] [--instances 10000] [--repeats 300] [--threads 1]
-                          [--baselines CONFIG [--run RUN] [--lm-rows 32] [--lm-repeats 3]]
+                          [--baselines CONFIG [--run RUN] [--set KEY=VALUE ...] [--lm-rows 32]
+                           [--lm-repeats 3]]
 """
 
 from __future__ import annotations
@@ -69,9 +70,10 @@ def _time_baselines(args: argparse.Namespace) -> dict[str, tuple[float, int]]:
     """(median seconds of one call, rows it scored) of each finished same-data baseline."""
     from userip.baselines.config import BaselinesConfig
     from userip.baselines.suite import METHODS, our_split
+    from userip.cli.commands.run import parse_overrides
     from userip.config import load_config
 
-    cfg = load_config(args.baselines)
+    cfg = load_config(args.baselines, parse_overrides(args.set))
     section = cfg.baselines or BaselinesConfig()
     ours = our_split(args.data, args.run, cfg.downstream.new_user_share, cfg.downstream.new_user_seed)
     out = {}
@@ -97,6 +99,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--baselines", type=Path, help="config of a `userip baselines --data` run to time")
     ap.add_argument("--run", type=Path, help="with --baselines: the downstream run dir it was given")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="with --baselines: the overrides that `userip baselines` was given")
     ap.add_argument("--lm-rows", type=int, default=32)
     ap.add_argument("--lm-repeats", type=int, default=3)
     args = ap.parse_args()
