@@ -20,7 +20,6 @@ read back.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,8 +39,6 @@ from userip.downstream.train import users_fingerprint
 from userip.errors import InputError
 from userip.fingerprint import hash_paths
 from userip.profile_infer.model_loading import load_frozen_lm
-
-log = logging.getLogger(__name__)
 
 STAGES = {"tallrec": "baselines-ours-tallrec", "collm": "baselines-ours-collm"}  # MF's: collm_mf.STAGE
 PARTS = ("train", "valid", "test")
