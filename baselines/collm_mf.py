@@ -13,7 +13,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 
 from userip.baselines.collm_data import build_split
 from userip.baselines.config import MfConfig
-from userip.baselines.runs import run_once
+from userip.baselines.runs import Once
 from userip.downstream.metrics import ctr_metrics
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,9 @@ class MfResult:
 def warm_rows(train: pl.DataFrame, frame: pl.DataFrame, min_count: int) -> np.ndarray:
     """Per row of ``frame``: its user and its item each occur ``min_count`` times in train."""
     user_n = train.group_by("user_id").len("user_n")
-    item_n = train.group_by("title").len("item_n")
+    item_n = train.group_by("item").len("item_n")
     return (frame.join(user_n, on="user_id", how="left")
-            .join(item_n, on="title", how="left")
+            .join(item_n, on="item", how="left")
             .select((pl.col("user_n").fill_null(0) >= min_count)
                     & (pl.col("item_n").fill_null(0) >= min_count))
             .to_series().to_numpy())
@@ -97,10 +97,10 @@ class MfVectors:
     user_index: dict[str, int]
     item_index: dict[str, int]
 
-    def rows(self, user_ids: Sequence[str], titles: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The MF user and item vectors of each (user, title) pair (zero when unknown)."""
+    def rows(self, user_ids: Sequence[str], items: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MF user and item vectors of each (user, item key) pair (zero when unknown)."""
         u = torch.tensor([self.user_index.get(x, 0) for x in user_ids])
-        i = torch.tensor([self.item_index.get(x, 0) for x in titles])
+        i = torch.tensor([self.item_index.get(x, 0) for x in items])
         return self.user[u], self.item[i]
 
 
@@ -116,7 +116,7 @@ def load_vectors(out_dir: Path) -> MfVectors:
 def _encode(frame: pl.DataFrame, users: dict[str, int], items: dict[str, int]) -> Encoded:
     return Encoded(
         torch.tensor([users.get(u, 0) for u in frame["user_id"]]),
-        torch.tensor([items.get(t, 0) for t in frame["title"]]),
+        torch.tensor([items.get(t, 0) for t in frame["item"]]),
         torch.tensor(frame["label"].to_numpy(), dtype=torch.float32),
         frame["user_id"].to_numpy())
 
@@ -155,20 +155,40 @@ def _fit(train: Encoded, valid: Encoded, n_users: int, n_items: int, dim: int, l
 STAGE = "baselines-collm-mf"
 
 
+Parts = dict[str, pl.DataFrame]
+"""train / valid / test rows, each with user_id, item (the item key) and label."""
+
+
+def ml1m_parts() -> Parts:
+    """CoLLM's ML-1M temporal split (``collm_data.build_split``) by part."""
+    data = build_split()
+    return {p: data.filter(pl.col("split") == p) for p in ("train", "valid", "test")}
+
+
 def run(cfg: MfConfig, out_dir: Path) -> MfResult:
     """Grid-search MF on validation, score test (all, warm, cold); publishes ``out_dir`` with
     ``mf.safetensors``, ``ids.json`` (row i + 1 of each table is the i-th id) and
     ``metrics.json`` (an earlier finished run of the same config is returned as is)."""
-    return run_once(out_dir, STAGE, cfg.model_dump(mode="json"), MfResult,
-                    lambda folder: _grid(cfg, folder, out_dir))
+    return job(cfg, out_dir).run()
 
 
-def _grid(cfg: MfConfig, folder: Path, out_dir: Path) -> MfResult:
+def job(cfg: MfConfig, out_dir: Path, parts: Callable[[], Parts] = ml1m_parts,
+        data: dict[str, str] | None = None) -> Once[MfResult]:
+    """MF as a run published once: on CoLLM's ML-1M split, or on ``parts`` whose identity
+    (fingerprints) ``data`` gives."""
+    config = cfg.model_dump(mode="json") | ({} if data is None else {"data": data})
+    return Once(out_dir, STAGE, config, MfResult, lambda folder: _grid(cfg, parts(), folder, out_dir))
+
+
+def _id_order(x: str) -> tuple[int, str]:
+    """Numeric order for digit ids (ML-1M's), a fixed order for any others."""
+    return len(x), x
+
+
+def _grid(cfg: MfConfig, parts: Parts, folder: Path, out_dir: Path) -> MfResult:
     t0 = time.perf_counter()
-    data = build_split()
-    parts = {p: data.filter(pl.col("split") == p) for p in ("train", "valid", "test")}
-    user_list = sorted(parts["train"]["user_id"].unique().to_list(), key=int)
-    item_list = sorted(parts["train"]["title"].unique().to_list())
+    user_list = sorted(parts["train"]["user_id"].unique().to_list(), key=_id_order)
+    item_list = sorted(parts["train"]["item"].unique().to_list())
     users = {u: i + 1 for i, u in enumerate(user_list)}
     items = {t: i + 1 for i, t in enumerate(item_list)}
     enc = {p: _encode(f, users, items) for p, f in parts.items()}

@@ -1,19 +1,19 @@
 """Config of the LLM baselines: one pydantic section per method, under ``BaselinesConfig``.
 
-Sections follow ``userip.config.Section`` (unknown keys are errors; ``learned()`` is what
-a cache key holds); ``BaselinesConfig`` hangs under the main config as ``baselines:``
-(``BaselinesRunConfig``).
+Sections follow ``userip.section.Section`` (unknown keys are errors; ``learned()`` is what
+a cache key holds); ``BaselinesConfig`` hangs under the main config as its optional
+``baselines:`` section. This module is schema only, on the ground floor like
+``userip.hyper``: ``userip.config`` embeds it.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
-from userip.config import Config, PrepareConfig, Section, Seed
 from userip.hyper import FitSettings
+from userip.section import Section, Seed
 
 
 class LoraConfig(Section):
@@ -102,22 +102,22 @@ class KarExpertsConfig(Section):
 
 
 class KarConfig(Section):
-    """KAR (Xi et al., RecSys 2024) + DCN on the project's own prepared split (MovieLens-100K,
-    the demo's ``prepare`` settings) and its new-users protocol. The defaults are the CPU
-    preset: texts for a seeded subset of 256 of the 943 users and 128 of the 1,349 items
-    (users and items without one get a zero vector and a "has text" flag of 0), user prompts
-    from the 8 most recent train ratings (~250 tokens with SmolLM2's chat template; an item
-    prompt is ~80), at most 32 new tokens a text (greedy), 16 prompts a generation batch;
-    DCN with and without the KAR fields on 3 seeds, 189 users (share 0.2) held out of CTR
-    training. Run it with one torch thread (``OMP_NUM_THREADS=1``): on the shared 2-core box
-    at load ~5, 64 users' texts took 113 s with one thread and 282 s with two, and encoding
-    them minutes. ``configs/baselines-gpu.yaml`` sets ``users`` and ``items`` to
-    null (every user and item), 256 new tokens and 30 history items."""
+    """KAR (Xi et al., RecSys 2024) + DCN. KAR has no protocol of its own here: it runs on the
+    project's prepared split and its new-users protocol only (``userip baselines --data``, or
+    the flow stage: the users held out are the downstream run's, as for the other methods on
+    our split), and scores every test row. The defaults are the CPU preset, sized on
+    MovieLens-100K with the demo's ``prepare`` settings: texts for a seeded subset of 256 of
+    the 943 users and 128 of the 1,349 items (users and items without one get a zero vector
+    and a "has text" flag of 0), user prompts from the 8 most recent train ratings (~250
+    tokens with SmolLM2's chat template; an item prompt is ~80), at most 32 new tokens a text
+    (greedy), 16 prompts a generation batch; DCN with and without the KAR fields on 3 seeds.
+    Run it with one torch thread (``OMP_NUM_THREADS=1``): on the shared 2-core box at load
+    ~5, 64 users' texts took 113 s with one thread and 282 s with two, and encoding them
+    minutes. ``configs/baselines-gpu.yaml`` sets ``users`` and ``items`` to null (every user
+    and item), 256 new tokens and 30 history items."""
 
     model: str = "smollm2-135m"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    data: PrepareConfig = PrepareConfig()
-    data_dir: Path | None = Field(None, description="an already prepared data set; null: prepare `data`")
     seed: Seed = 0
     users: int | None = Field(256, ge=1, description="seeded subset of users that get a text (null: all)")
     items: int | None = Field(128, ge=1, description="seeded subset of items that get a text (null: all)")
@@ -129,20 +129,25 @@ class KarConfig(Section):
     experts: KarExpertsConfig = KarExpertsConfig()
     ctr: FitSettings = FitSettings()
     seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1, description="DCN seeds, with and without KAR")
-    new_user_share: float = Field(0.2, ge=0.0, lt=1.0, description="users held out of CTR training (0: none)")
-    new_user_seed: int = 0
     threads: int = Field(1, ge=1, description="torch threads of the CTR fits")
+
+
+class SameDataConfig(Section):
+    """Every baseline on the project's own prepared split (``prepare``'s output) and its
+    new-users protocol (``downstream.new_user_share``): each method trains on the other users'
+    train rows with its own section's sizes and epochs and picks its epochs on their valid
+    rows; all methods score the same seeded test rows. The defaults are the CPU preset; null
+    scores every test row (the GPU preset)."""
+
+    seed: Seed = 0
+    test_samples: int | None = Field(200, ge=1, description="seeded subsample of every user's test rows (null: all)")
+    new_user_samples: int | None = Field(
+        100, ge=1, description="seeded subsample of the held-out users' test rows, scored for the new-user AUC (null: all)")
+    history: int = Field(10, ge=1, description="the user's most recent train interactions in a prompt")
 
 
 class BaselinesConfig(Section):
     tallrec: TallrecConfig = TallrecConfig()
     collm: CollmConfig = CollmConfig()
     kar: KarConfig = KarConfig()
-
-
-class BaselinesRunConfig(Config):
-    """What ``userip baselines --config`` reads: the main config plus its ``baselines:``
-    section (every other section is checked as ``userip run`` checks it); the outputs go to
-    ``<workdir>/baselines``."""
-
-    baselines: BaselinesConfig = BaselinesConfig()
+    same_data: SameDataConfig = SameDataConfig()

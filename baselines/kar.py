@@ -1,6 +1,7 @@
 """KAR (Xi et al., RecSys 2024, "Towards Open-World Recommendation with Knowledge
 Augmentation from Large Language Models") + DCN on the project's own prepared split and its
-new-users protocol.
+new-users protocol (``same_data.OurData``: the data and the users held out, those of the
+downstream run when there is one); KAR has no protocol of its own here.
 
 As built here (``baselines.kar_text`` for the texts and vectors):
 
@@ -19,16 +20,18 @@ As built here (``baselines.kar_text`` for the texts and vectors):
 - Epochs are chosen by early stopping on **validation** AUC (``ctr.patience``, cap
   ``ctr.epochs``) and test is scored once. KAR's public repository early-stops and keeps the
   model by its test-set score; we do not.
-- New-users protocol: ``new_user_share`` of the users (``downstream.suite.hold_out_users``)
-  lose their train and valid rows in CTR training; their texts still come from their train
-  history (as the project's profiles do). Test figures on all test rows, on the new users'
-  rows and on those of the new users that have a text (where the user's text can count),
-  for DCN with the KAR fields and DCN without them, on the same rows and seeds,
-  with the paired t-test p-value of each difference (``ctr.use_observed_features`` applies
-  to both).
+- New-users protocol: the held-out users lose their train and valid rows in CTR training;
+  their texts still come from their train history (as the project's profiles do). Test
+  figures on all test rows, on the new users' rows and on those of the new users that have a
+  text (where the user's text can count), for DCN with the KAR fields and DCN without them,
+  on the same rows and seeds, with the paired t-test p-value of each difference
+  (``ctr.use_observed_features`` applies to both).
 
 Offline cost: the LM tokens of every prompt, generated text and encoded text, and the
-seconds each part took when it was computed (a cached part keeps its first cost).
+seconds each part took when it was computed (a cached part keeps its first cost). The result
+also lists both models as ``same_data.OursResult`` does (``models``), for the same-data table.
+Serving (``scorer``): the first seed's KAR + DCN, saved with the run, scores test rows from
+the cached text vectors (the LM is not run per request).
 """
 
 from __future__ import annotations
@@ -46,21 +49,18 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from userip.atomic import stage_of
 from userip.baselines import kar_text
 from userip.baselines.config import KarConfig, KarExpertsConfig
-from userip.baselines.runs import draw, run_once
+from userip.baselines.runs import Once, draw
+from userip.baselines.same_data import OurData, Scoring
 from userip.dataprep.layout import INTERACTIONS, ITEMS, USERS
-from userip.dataprep.pipeline import prepare as prepare_data
 from userip.downstream.features import FeatureMap, Split
 from userip.downstream.layers import mlp
 from userip.downstream.metrics import ctr_metrics, paired_p_value
 from userip.downstream.models import build
 from userip.downstream.models.dcn import DCN
 from userip.downstream.models.torch_model import TorchModel
-from userip.downstream.suite import hold_out_users
 from userip.downstream.train import prepare
-from userip.fingerprint import hash_json
 from userip.hyper import FitSettings
 from userip.ids import IdIndex
 from userip.profile_infer.model_loading import load_frozen_lm
@@ -171,27 +171,22 @@ class KarResult:
     p_values: dict[str, dict[str, float | None]]  # part -> metric -> paired t-test, kar vs dcn
     tokens: dict[str, int]       # user/item prompt and generated tokens, encoded tokens
     seconds: dict[str, float]    # generation and encoding (when first computed), CTR fits (this run)
+    models: dict[str, dict[str, Any]]  # as same_data.OursResult: name -> {"test", "new_users", "lm_tokens"}
     out_dir: str
 
 
-def run(cfg: KarConfig, out_dir: Path, cache_dir: Path) -> KarResult:
-    """Texts and vectors (cached under ``cache_dir``: prepared data, text chunks, vectors),
-    then DCN with and without the KAR fields; publishes ``out_dir`` with
-    ``test_scores.parquet`` and ``metrics.json`` (an earlier finished run of the same config
-    is returned as is)."""
-    config = {**cfg.model_dump(mode="json"), "cache_dir": str(Path(cache_dir).absolute())}
-    return run_once(out_dir, STAGE, config, KarResult,
-                    lambda folder: _run(cfg, folder, out_dir, Path(cache_dir)))
+def job(cfg: KarConfig, data: OurData, out_dir: Path, cache_dir: Path) -> Once[KarResult]:
+    """Texts and vectors (cached under ``cache_dir``: text chunks, vectors), then DCN with
+    and without the KAR fields on ``data``; publishes ``out_dir`` with ``test_scores.parquet``,
+    the first seed's KAR + DCN (``model_dir``) and ``metrics.json``."""
+    config = {"kar": cfg.model_dump(mode="json"), "data": data.fingerprint,
+              "cache_dir": str(Path(cache_dir).absolute())}
+    return Once(out_dir, STAGE, config, KarResult, lambda folder: _run(cfg, data, folder, out_dir, Path(cache_dir)))
 
 
-def data_dir(cfg: KarConfig, cache_dir: Path) -> Path:
-    """``cfg.data_dir``, or ``cfg.data`` prepared once into ``<cache_dir>/data/<key>``."""
-    if cfg.data_dir is not None:
-        return cfg.data_dir
-    out = cache_dir / "data" / hash_json(cfg.data.learned())
-    if stage_of(out) != "prepare":
-        prepare_data(cfg.data, out)
-    return out
+def model_dir(out_dir: Path, seed: int) -> Path:
+    """Where a run keeps its KAR + DCN of ``seed`` (the first of ``cfg.seeds``)."""
+    return Path(out_dir) / f"kar-seed{seed}"
 
 
 @dataclass(frozen=True)
@@ -275,9 +270,12 @@ def _with_text_rows(split: Split, tables: TextTables) -> Split:
                  split.x_dense, split.y)
 
 
-def _run(cfg: KarConfig, folder: Path, out_dir: Path, cache_dir: Path) -> KarResult:
-    data = data_dir(cfg, cache_dir)
-    held = hold_out_users(data, cfg.new_user_share, cfg.new_user_seed) if cfg.new_user_share > 0 else None
+def _held_out(data: OurData) -> np.ndarray | None:
+    return data.held_out if len(data.held_out) else None
+
+
+def _run(cfg: KarConfig, ours: OurData, folder: Path, out_dir: Path, cache_dir: Path) -> KarResult:
+    data, held = ours.data_dir, _held_out(ours)
     know = knowledge(cfg, data, cache_dir)
     prepared = prepare(data, None, cfg.ctr.use_observed_features, held)
     splits = prepared.splits
@@ -295,6 +293,9 @@ def _run(cfg: KarConfig, folder: Path, out_dir: Path, cache_dir: Path) -> KarRes
                                          ("kar", TorchModel(network, prepared.fmap, cfg.ctr, seed), kar_splits)):
             info = model.fit(data_splits["train"], data_splits["valid"], threads=cfg.threads)
             s = model.predict(data_splits["test"].x_cat, data_splits["test"].x_dense)
+            if name == "kar" and seed == cfg.seeds[0]:
+                model_dir(folder, seed).mkdir()
+                model.save(model_dir(folder, seed))
             scores[(name, seed)] = s
             fits.append({"model": name, "seed": seed, "best_epoch": info.best_epoch,
                          "valid_auc": info.val_auc_history,
@@ -307,15 +308,45 @@ def _run(cfg: KarConfig, folder: Path, out_dir: Path, cache_dir: Path) -> KarRes
                           "new_user": new, "user_has_text": np.isin(test.user_ids, know.tables.user_ids)})
     frame.with_columns([pl.Series(f"score_{m}_seed{s}", v) for (m, s), v in scores.items()]).write_parquet(
         folder / "test_scores.parquet")
-    tables = know.tables
+    tables, summary, n = know.tables, _summary(fits), len(cfg.seeds)
     ids = pl.read_parquet(data / INTERACTIONS, columns=["user_id", "item_id"])
     return KarResult(
         data_dir=str(data), users=ids["user_id"].n_unique(), items=ids["item_id"].n_unique(),
         users_with_text=len(tables.user_ids), items_with_text=len(tables.item_ids),
         held_out_users=0 if held is None else len(held),
         held_out_with_text=0 if held is None else int(np.isin(held, tables.user_ids).sum()),
-        seeds=list(cfg.seeds), fits=fits, test=_summary(fits), p_values=_p_values(fits),
-        tokens=know.tokens, seconds={**know.seconds, "ctr": round(ctr_seconds, 2)}, out_dir=str(out_dir))
+        seeds=list(cfg.seeds), fits=fits, test=summary, p_values=_p_values(fits), tokens=know.tokens,
+        seconds={**know.seconds, "ctr": round(ctr_seconds, 2)},
+        models={f"KAR + DCN ({n} seeds)": _model(summary["kar"], sum(know.tokens.values())),
+                f"DCN, KAR's paired fits ({n} seeds)": _model(summary["dcn"], 0)},
+        out_dir=str(out_dir))
+
+
+def _model(parts: dict[str, dict[str, float]], lm_tokens: int) -> dict[str, Any]:
+    """One model's entry of ``KarResult.models``: all test rows and the new users' rows."""
+    return {"test": parts.get("all"), "new_users": parts.get("new"), "lm_tokens": lm_tokens}
+
+
+def scorer(cfg: KarConfig, data: OurData, out_dir: Path, cache_dir: Path, rows: int) -> Scoring | None:
+    """For ``bench/serve.py``: the finished ``job`` in ``out_dir`` (None when there is none for
+    these settings), its first seed's KAR + DCN scoring the first ``rows`` test rows in one
+    call as serving would: each row's user and item looked up in the text tables (vectors
+    computed offline and read from the cache), the adapter, DCN. The other fields' encoding
+    (id -> index) is done once before, as ``prepare`` does it."""
+    if job(cfg, data, out_dir, cache_dir).finished() is None:
+        return None
+    know = knowledge(cfg, data.data_dir, cache_dir)  # every text and vector is read back from the cache
+    prepared = prepare(data.data_dir, None, cfg.ctr.use_observed_features, _held_out(data))
+    model = TorchModel(partial(KarDCN, tables=know.tables, experts=cfg.experts), prepared.fmap, cfg.ctr, cfg.seeds[0])
+    model.load(model_dir(out_dir, cfg.seeds[0]))
+    t = prepared.splits["test"]
+    test = Split(t.user_ids[:rows], t.item_ids[:rows], t.x_cat[:rows], t.x_dense[:rows], t.y[:rows])
+
+    def score() -> int:
+        split = _with_text_rows(test, know.tables)
+        return len(model.predict(split.x_cat, split.x_dense))
+
+    return score
 
 
 def _metrics(test: Split, labels: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> dict[str, float] | None:

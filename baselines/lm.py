@@ -14,14 +14,16 @@ must be exactly one token each. LoRA is ``peft``'s.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 
 from userip.baselines.config import LoraConfig
+from userip.baselines.runs import batches
 from userip.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,6 +31,12 @@ if TYPE_CHECKING:
     from transformers.cache_utils import Cache
 
 IGNORE = -100  # label of positions that carry no LM target (padding, vector rows)
+
+
+@dataclass(frozen=True)
+class Scored:
+    scores: np.ndarray  # [n] one score per prompt
+    tokens: int         # LM tokens run forward (the shared head once, when it was reused)
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,11 @@ def answer_ids(tokenizer, context: str, answers: Sequence[str]) -> list[int]:
     if len(set(ids)) != len(ids):
         raise ConfigError(f"answers {list(answers)} map to the same token ids {ids}")
     return ids
+
+
+def yes_share(logits: torch.Tensor, yes_no: Sequence[int]) -> torch.Tensor:
+    """P("Yes") of the two-way softmax over the Yes and No columns of logits [B, V]."""
+    return torch.softmax(logits[:, list(yes_no)].float(), dim=-1)[:, 0]
 
 
 class SegmentLM:
@@ -198,8 +211,27 @@ class SegmentLM:
     def yes_prob(self, batch: SegmentBatch, yes_no: Sequence[int],
                  prefix: Prefix | None = None) -> torch.Tensor:
         """P("Yes") of the two-way softmax over the Yes/No logits at the answer position."""
-        logits = self.answer_logits(batch, prefix)[:, list(yes_no)].float()
-        return torch.softmax(logits, dim=-1)[:, 0]
+        return yes_share(self.answer_logits(batch, prefix), yes_no)
+
+    @torch.no_grad()
+    def score_after(self, head: str, tails: Sequence[Sequence[Segment]], batch_size: int,
+                    read: Callable[[torch.Tensor], torch.Tensor]) -> Scored:
+        """Score prompts ``head + tail`` in batches, left-padded, in eval mode: ``read`` turns
+        the answer-position logits [B, V] into scores [B]. ``head`` runs once and is reused
+        from the LM's cache when it is a clean token prefix of every prompt (each tail opens
+        with a ``Text`` that ``splits_cleanly`` after it); otherwise every prompt runs whole."""
+        self.model.eval()
+        first = [t[0].text for t in tails if t and isinstance(t[0], Text)]
+        reuse = len(first) == len(tails) and all(splits_cleanly(self.tokenizer, head, f) for f in first)
+        prefix = self.prefix([Text(head)]) if reuse else None
+        tokens = prefix.length if prefix is not None else 0
+        out = []
+        for chunk in batches(tails, batch_size):
+            prompts = chunk if reuse else [[Text(head), *t] for t in chunk]
+            batch = self.embed(prompts, padding="left", continuation=reuse)
+            tokens += int(batch.attention_mask.sum())
+            out.append(read(self.answer_logits(batch, prefix)).float().cpu().numpy())
+        return Scored(np.concatenate(out), tokens)
 
     def lm_loss(self, batch: SegmentBatch) -> torch.Tensor:
         """Mean next-token cross-entropy over every text position (the whole prompt)."""

@@ -4,7 +4,8 @@ A run publishes one folder the project's way (``userip.atomic``): it works in a 
 folder beside ``out_dir`` and swaps it in only when everything is written, so a killed run
 leaves the earlier output (or nothing), never half of one. ``metrics.json`` in that folder
 holds the run's config and result; a later run with the same config finds it with
-``finished`` and returns it without computing again (that is how runs resume).
+``finished`` and returns it without computing again (that is how runs resume). ``Once`` is
+one such run: ``run`` computes or reads back, ``finished`` only reads back.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -72,15 +73,29 @@ def publishing(out_dir: Path, stage: str) -> Iterator[Path]:
         publish_dir(tmp, out_dir, stage)
 
 
-def run_once(out_dir: Path, stage: str, config: dict[str, Any], result_type: type[R],
-             compute: Callable[[Path], R]) -> R:
-    """``compute(folder)`` (a dataclass result; it writes its files into ``folder``) published
-    as ``out_dir`` with metrics.json, or the result of an earlier finished run of ``config``."""
-    done = finished(out_dir, stage, config)
-    if done is not None:
-        return result_type(**done)
-    with publishing(out_dir, stage) as tmp:
-        result = compute(tmp)
-        (tmp / METRICS).write_text(json.dumps(
-            {"config": config, "result": asdict(result)}, indent=2))
-    return result
+@dataclass(frozen=True)
+class Once(Generic[R]):
+    """A run published once as ``out_dir``: ``compute(folder)`` (a dataclass result; it
+    writes its files into ``folder``) with metrics.json beside them, keyed by ``config``."""
+
+    out_dir: Path
+    stage: str
+    config: dict[str, Any]
+    result_type: type[R]
+    compute: Callable[[Path], R]
+
+    def finished(self) -> R | None:
+        """The result of an earlier finished run of this config, or None."""
+        done = finished(self.out_dir, self.stage, self.config)
+        return None if done is None else self.result_type(**done)
+
+    def run(self) -> R:
+        """The finished result when there is one; otherwise compute and publish it."""
+        done = self.finished()
+        if done is not None:
+            return done
+        with publishing(self.out_dir, self.stage) as tmp:
+            result = self.compute(tmp)
+            (tmp / METRICS).write_text(json.dumps(
+                {"config": self.config, "result": asdict(result)}, indent=2))
+        return result

@@ -21,8 +21,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from userip.baselines.config import TallrecConfig
-from userip.baselines.lm import SegmentLM, Text, add_lora, answer_ids, save_adapter, splits_cleanly
-from userip.baselines.runs import batches, draw, run_once
+from userip.baselines.lm import SegmentLM, Text, add_lora, answer_ids, save_adapter, yes_share
+from userip.baselines.runs import Once, batches, draw
 from userip.baselines.tallrec_data import HEAD, TAIL, Sample, build_samples, split_samples
 from userip.downstream.metrics import ctr_metrics
 from userip.profile_infer.model_loading import load_frozen_lm
@@ -73,20 +73,11 @@ class Scorer:
         self.lm, self.batch_size, self.tokens = lm, batch_size, 0
         self.yes_no = answer_ids(lm.tokenizer, context, ["Yes", "No"])
 
-    @torch.no_grad()
     def __call__(self, samples: Sequence[Sample]) -> np.ndarray:
-        self.lm.model.eval()
-        reuse = all(splits_cleanly(self.lm.tokenizer, HEAD, s.input + TAIL) for s in samples)
-        prefix = self.lm.prefix([Text(HEAD)]) if reuse else None
-        if prefix is not None:
-            self.tokens += prefix.length
-        out = []
-        for chunk in batches(samples, self.batch_size):
-            texts = [[Text(s.input + TAIL if reuse else s.prompt)] for s in chunk]
-            batch = self.lm.embed(texts, padding="left", continuation=reuse)
-            self.tokens += int(batch.attention_mask.sum())
-            out.append(self.lm.yes_prob(batch, self.yes_no, prefix).cpu().numpy())
-        return np.concatenate(out)
+        scored = self.lm.score_after(HEAD, [[Text(s.input + TAIL)] for s in samples], self.batch_size,
+                                     lambda logits: yes_share(logits, self.yes_no))
+        self.tokens += scored.tokens
+        return scored.scores
 
 
 def _auc(samples: Sequence[Sample], scores: np.ndarray) -> float:
@@ -99,12 +90,18 @@ STAGE = "baselines-tallrec"
 def run(cfg: TallrecConfig, out_dir: Path) -> TallrecResult:
     """Tune and score TALLRec; publishes ``out_dir`` with ``adapter/``, ``test_scores.parquet``
     and ``metrics.json`` (an earlier finished run of the same config is returned as is)."""
-    return run_once(out_dir, STAGE, cfg.model_dump(mode="json"), TallrecResult,
-                    lambda folder: _tune_and_score(cfg, folder, out_dir))
+    return job(cfg, out_dir).run()
 
 
-def _tune_and_score(cfg: TallrecConfig, folder: Path, out_dir: Path) -> TallrecResult:
-    parts = select_parts(cfg)
+def job(cfg: TallrecConfig, out_dir: Path) -> Once[TallrecResult]:
+    """TALLRec on its own protocol (``select_parts``), as a run published once."""
+    return Once(out_dir, STAGE, cfg.model_dump(mode="json"), TallrecResult,
+                lambda folder: tune_and_score(cfg, select_parts(cfg), folder, out_dir))
+
+
+def tune_and_score(cfg: TallrecConfig, parts: Parts, folder: Path, out_dir: Path) -> TallrecResult:
+    """K-shot LoRA on ``parts.train``, the epoch chosen on ``parts.valid``, ``parts.test`` scored
+    once; writes ``adapter/`` and ``test_scores.parquet`` (in ``parts.test`` order) into ``folder``."""
     torch.manual_seed(cfg.seed)
     loaded = load_frozen_lm(cfg.model, cfg.device)
     model = add_lora(loaded.model, cfg.lora)

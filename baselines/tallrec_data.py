@@ -12,6 +12,7 @@ ML-100K ones, "Usual Suspects, The (1995)". The ratings come from the copy insid
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -77,10 +78,11 @@ def _quoted(names: list[str]) -> str:
     return ", ".join(f'"{n}"' for n in names)
 
 
-def sample_input(history: list[tuple[str, float]], target: str) -> str:
-    """The input field from (title, rating) of the previous ratings and the target title."""
-    liked = [t for t, r in history if r > LIKE_ABOVE]
-    disliked = [t for t, r in history if r <= LIKE_ABOVE]
+def sample_input(history: Sequence[tuple[str, bool]], target: str) -> str:
+    """The input field from (title, liked) of the previous interactions, oldest first, and
+    the target title."""
+    liked = [t for t, like in history if like]
+    disliked = [t for t, like in history if not like]
     return (f"User Preference: {_quoted(liked)}\nUser Unpreference: {_quoted(disliked)}\n"
             f"Whether the user will like the target movie \"{target}\"?")
 
@@ -99,7 +101,7 @@ def build_samples() -> list[Sample]:
         seq = list(zip(rows["item_id"], rows["rating"]))
         for i in range(HISTORY, len(seq)):
             item, rating = seq[i]
-            history = [(names[it], r) for it, r in seq[i - HISTORY:i]]
+            history = [(names[it], r > LIKE_ABOVE) for it, r in seq[i - HISTORY:i]]
             samples.append(Sample(user, item, sample_input(history, names[item]), int(rating > LIKE_ABOVE)))
     return samples
 

@@ -1,4 +1,5 @@
-"""The ``userip`` flow: prepare -> infer -> quantize -> export -> train -> evaluate -> report.
+"""The ``userip`` flow: prepare -> infer -> quantize -> export -> train -> evaluate -> report
+[-> baselines, when the config has a ``baselines:`` section].
 
 The flow body is the table of stages below, run by ``flows.plan.run_plan``. Each stage's
 output lives in ``<workdir>/<folder>/<content key>``; a stage whose key has not changed
@@ -27,6 +28,7 @@ from userip.profile_infer.model_loading import resolve_model_dir
 from userip.tasks.runners import task_runner
 from userip.tasks.stages import (
     VERSION_RECORD,
+    baselines_task,
     evaluate_task,
     export_task,
     infer_task,
@@ -149,6 +151,21 @@ FULL: tuple[Stage, ...] = (
 )
 
 
+def _baselines_params(cfg: Config, dirs: Dirs) -> dict[str, Any]:
+    assert cfg.baselines is not None  # the row is planned only with a baselines: section
+    return {"section": cfg.baselines.model_dump(mode="json"), "data_dir": str(dirs["prepare"]),
+            "run_dir": str(dirs["report"]), "new_user_share": cfg.downstream.new_user_share,
+            "new_user_seed": cfg.downstream.new_user_seed, "root": str(cfg.stage_dir("baselines")),
+            "run_name": cfg.name}
+
+
+# Optional (``stage_table``): only a config with a ``baselines:`` section plans it.
+BASELINES = Stage("baselines", _on(baselines_task), folder="baselines/flow",
+                  section=lambda cfg: cfg.baselines.learned() if cfg.baselines else None,
+                  reads=("prepare", "report"), code=("baselines",),
+                  done=lambda cfg, out: out / "results.json", params=_baselines_params)
+
+
 @cache
 def _bank_profile(bank_dir: Path) -> Path:
     """The profile the bank's current version was quantized from."""
@@ -185,6 +202,14 @@ NIGHTLY: tuple[Stage, ...] = (
 )
 
 
+def stage_table(cfg: Config, mode: Literal["full", "refresh"] = "full") -> tuple[Stage, ...]:
+    """The stages a run of ``mode`` plans from: the nightly ones, or the full pipeline with
+    the LLM baselines after it when the config has a ``baselines:`` section."""
+    if mode == "refresh":
+        return NIGHTLY
+    return (*FULL, BASELINES) if cfg.baselines is not None else FULL
+
+
 @flow(name="userip", log_prints=True)
 def userip(
     config: str = "configs/demo.yaml",
@@ -196,7 +221,7 @@ def userip(
 ) -> dict[str, str]:
     """Run the chosen stages; returns each stage's output (a folder; the bank version for export)."""
     cfg = load_config(config, overrides)
-    table = NIGHTLY if mode == "refresh" else FULL
+    table = stage_table(cfg, mode)
     _bank_profile.cache_clear()
     outputs = run_plan(cfg, table, select(table, stages, from_stage), refresh,
                        log=get_run_logger().info)

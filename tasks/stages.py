@@ -225,3 +225,23 @@ def report_task(section: dict[str, Any], run_name: str, data_dir: str, out_dir: 
     report = RunLayout(Path(out_dir)).report.read_text()
     create_markdown_artifact(key=f"userip-report-{name}", markdown=report,
                              description=f"Downstream report; plots beside {out_dir}/report.md")
+
+
+@stage_task("baselines")
+def baselines_task(section: dict[str, Any], data_dir: str, run_dir: str, new_user_share: float,
+                   new_user_seed: int, root: str, run_name: str, out_dir: str) -> None:
+    """The LLM baselines after the downstream stages (``userip.baselines.suite``): each method
+    on its own protocol and on this run's split beside its DCN. Method outputs live in
+    ``root`` (shared with ``userip baselines``: a finished method is read back), the tables
+    in ``out_dir``, also published as a markdown artifact under a stable key."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from userip.baselines.config import BaselinesConfig
+    from userip.baselines.suite import our_split, run_all
+
+    ours = our_split(Path(data_dir), Path(run_dir), new_user_share, new_user_seed)
+    run_all(BaselinesConfig.model_validate(section), Path(root), ours=ours, results_dir=Path(out_dir))
+    create_markdown_artifact(key=f"userip-baselines-{artifact_slug(run_name)}",
+                             markdown=(Path(out_dir) / "results.md").read_text(),
+                             description=f"LLM baselines beside DCN ({out_dir})")
+

@@ -30,9 +30,20 @@ def _one_line_error(capsys, argv: list[str]) -> str:
     ("  tallrec: {shots: 9000}\n", "tallrec", "tallrec: shots asks for 9000 samples; the protocol has 8000"),
     ("  kar: {users: 0}\n", "kar", "baselines.kar.users: Input should be greater than or equal to 1"),
     ("  {}\n", "tallrec,knn", "--only 'tallrec,knn': unknown method 'knn'; choose from tallrec, collm, kar"),
+    ("  {}\n", "collm,kar", "--only 'collm,kar': kar runs only on the project's split: give --data"),
 ])
 def test_bad_settings_are_one_line(tmp_path: Path, capsys, baselines: str, only: str | None, expected: str):
     argv = ["baselines", "--config", str(_config(tmp_path, baselines))] + (["--only", only] if only else [])
+    assert expected in _one_line_error(capsys, argv)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--protocols", "own,theirs"], "--protocols 'own,theirs': unknown protocol 'theirs'; choose from own, ours"),
+    (["--run", "somewhere"], "--run and --serving go with --data"),
+    (["--data", "nowhere"], "not a prepared data dir (no interactions.parquet)"),
+])
+def test_bad_same_data_flags_are_one_line(tmp_path: Path, capsys, extra: list[str], expected: str):
+    argv = ["baselines", "--config", str(_config(tmp_path, "  {}\n")), *extra]
     assert expected in _one_line_error(capsys, argv)
 
 

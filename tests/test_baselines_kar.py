@@ -1,7 +1,8 @@
 """KAR: the prompts from real MovieLens rows, the chunked text cache resuming after a stop,
 mean pooling that ignores padding, the hybrid-expert adapter, and one tiny end-to-end
-`userip baselines --only kar` run that is reused (the real SmolLM2-135M wherever a text is
-generated: the tiny random Llama writes only newlines)."""
+`userip baselines --only kar --data` run that is tabulated beside the other methods, reused,
+and serves from its saved model (the real SmolLM2-135M wherever a text is generated: the tiny
+random Llama writes only newlines)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from userip.baselines.kar_text import (
     text_folder,
     user_prompt,
 )
+from userip.baselines.suite import METHODS, our_split
 from userip.cli import main as cli_main
+from userip.config import load_config
 from userip.downstream.features import FeatureMap, Split
 from userip.hyper import FitSettings
 from userip.profile_infer.model_loading import load_frozen_lm
@@ -132,16 +135,20 @@ def test_kar_dcn_reads_text_rows_and_gives_rowless_users_the_no_text_input():
 
 
 @pytest.mark.slow
-def test_tiny_kar_run_writes_the_table_and_is_reused(ml100k_small_dir: Path, tmp_path: Path, capsys):
+def test_tiny_kar_run_writes_the_table_is_reused_and_serves(ml100k_small_dir: Path, tmp_path: Path, capsys):
     cfg = tmp_path / "b.yaml"
-    cfg.write_text(f"workdir: {tmp_path / 'run'}\nbaselines:\n  kar: {{device: cpu, data_dir: {ml100k_small_dir}, "
+    cfg.write_text(f"workdir: {tmp_path / 'run'}\nbaselines:\n  kar: {{device: cpu, "
                    "users: 6, items: 8, history: 3, max_new_tokens: 4, gen_batch_size: 4, chunk_rows: 4, "
                    "seeds: [0, 1], ctr: {epochs: 3, patience: 1}, experts: {hidden: [8]}}\n")
-    assert cli_main(["baselines", "--config", str(cfg), "--only", "kar"]) == 0
+    argv = ["baselines", "--config", str(cfg), "--only", "kar", "--data", str(ml100k_small_dir)]
+    assert cli_main(argv) == 0
     root = tmp_path / "run" / "baselines"
     record = json.loads((root / "results" / "results.json").read_text())
-    r = record["methods"]["kar"]["result"]
-    assert list(record["methods"]) == ["kar"] and r["seeds"] == [0, 1] and r["held_out_users"] == 8
+    same = record["same_data"]
+    r = same["methods"]["kar"]["result"]
+    assert record["methods"] == {} and record["not_run"] == ["tallrec", "collm"]  # KAR has no own protocol
+    assert list(same["methods"]) == ["kar"] and same["not_run"] == ["tallrec", "collm"]
+    assert r["seeds"] == [0, 1] and r["held_out_users"] == same["held_out_users"] == 8
     assert r["users_with_text"] == 6 and r["items_with_text"] == 8
     assert {f["model"] for f in r["fits"]} == {"dcn", "kar"} and len(r["fits"]) == 4
     for model in ("dcn", "kar"):
@@ -154,14 +161,28 @@ def test_tiny_kar_run_writes_the_table_and_is_reused(ml100k_small_dir: Path, tmp
     scores = pl.read_parquet(root / "kar" / "test_scores.parquet")
     assert scores.height == r["test"]["kar"]["all"]["n"] and scores["new_user"].sum() == r["test"]["kar"]["new"]["n"]
     assert scores["user_has_text"].sum() > 0
+    headline, paired = r["models"].values()  # KAR + DCN first, then its DCN
+    assert list(r["models"]) == ["KAR + DCN (2 seeds)", "DCN, KAR's paired fits (2 seeds)"]
+    assert headline["test"] == r["test"]["kar"]["all"] and headline["new_users"] == r["test"]["kar"]["new"]
+    assert headline["lm_tokens"] == sum(r["tokens"].values()) and paired["lm_tokens"] == 0
     table = (root / "results" / "results.md").read_text()
-    auc = r["test"]["kar"]["new"]["auc"]
-    assert f"| KAR + DCN | ours, new users' rows | smollm2-135m | {auc:.4f} |" in table
+    same_table = table.split("## Same data as UserIP")[1]
+    t, new = headline["test"], headline["new_users"]
+    assert (f"| KAR + DCN (2 seeds) | {t['auc']:.4f} | {t['logloss']:.4f} | {t['uauc']:.4f} | {new['auc']:.4f} "
+            f"| {t['n']} ({new['n']}) | {headline['lm_tokens']:,} | — |") in same_table
+    assert f"| DCN, KAR's paired fits (2 seeds) | {paired['test']['auc']:.4f} |" in same_table
     assert "| KAR + DCN, UserIP Table 5 | 0.7866 |" in table and table in capsys.readouterr().out
+    assert "| TALLRec K=" not in table  # TALLRec and CoLLM never ran here
+
+    section = load_config(cfg).baselines
+    assert section is not None
+    ours = our_split(ml100k_small_dir, None, 0.2, 0)
+    score = METHODS["kar"].serve(section, root, ours.data, 50)
+    assert score is not None and score() == 50  # the saved model, the cached vectors, no generation
 
     chunks = sorted((root / "kar-cache" / "texts").glob("*/chunk-*.parquet"))
     assert len(chunks) == 2 + 2  # 6 users and 8 items in chunks of 4
     before = [c.stat().st_mtime_ns for c in chunks]
-    assert cli_main(["baselines", "--config", str(cfg), "--only", "kar"]) == 0
-    again = json.loads((root / "results" / "results.json").read_text())["methods"]["kar"]["result"]
+    assert cli_main(argv) == 0
+    again = json.loads((root / "results" / "results.json").read_text())["same_data"]["methods"]["kar"]["result"]
     assert again == r and [c.stat().st_mtime_ns for c in chunks] == before

@@ -18,6 +18,7 @@ from userip.baselines.lm import (
     load_adapter,
     save_adapter,
     splits_cleanly,
+    yes_share,
 )
 from userip.errors import ConfigError
 from userip.profile_infer.model_loading import load_frozen_lm
@@ -163,3 +164,24 @@ def test_a_cached_prefix_gives_the_whole_prompts_scores(lm: SegmentLM):
         cached = lm.yes_prob(lm.embed([[Text(r)] for r in rests], padding=padding,
                                       continuation=True), yes_no, prefix)
         torch.testing.assert_close(cached, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_score_after_reuses_a_clean_head_and_runs_the_others_whole(lm: SegmentLM):
+    """The one scoring loop TALLRec and CoLLM share: same scores with the head cached (run
+    once, then only the tails) and without (a head that does not split cleanly)."""
+    head = "Below is an instruction.\n\n### Input:\n"
+    rests = ['User Preference: "Heat (1995)"\n\n### Response:\n',
+             'User Preference: "Alien (1979)", "Babe (1995)", "Ran (1985)"\n\n### Response:\n']
+    yes_no = answer_ids(lm.tokenizer, head + rests[0], ["Yes", "No"])
+    with torch.no_grad():
+        whole = lm.yes_prob(lm.embed([[Text(head + r)] for r in rests]), yes_no).numpy()
+    cached = lm.score_after(head, [[Text(r)] for r in rests], 1, lambda x: yes_share(x, yes_no))
+    torch.testing.assert_close(torch.tensor(cached.scores), torch.tensor(whole), rtol=1e-4, atol=1e-5)
+    lengths = [len(lm.tokenizer(head + r).input_ids) for r in rests]
+    head_len = len(lm.tokenizer(head).input_ids)
+    assert cached.tokens == head_len + sum(n - head_len for n in lengths)
+    cut = "Below is an instruc"  # merges with the tails' first token: no reuse
+    tails = [[Text(head[len(cut):] + r)] for r in rests]
+    plain = lm.score_after(cut, tails, 2, lambda x: yes_share(x, yes_no))
+    torch.testing.assert_close(torch.tensor(plain.scores), torch.tensor(whole), rtol=1e-4, atol=1e-5)
+    assert plain.tokens == sum(lengths)

@@ -1,7 +1,8 @@
 """The import contract between the project's floors, and dependencies declared as imported.
 
 Floors, bottom up: the ground floor (``userip`` without its CLI: config, errors, hashing,
-atomic I/O, sidecars), the stage libraries in pipeline order, the Prefect glue
+atomic I/O, sidecars, and ``userip.baselines.config``, the schema of the config's ``baselines:``
+section, which ``userip.config`` embeds), the stage libraries in pipeline order, the Prefect glue
 (``tasks``, then ``flows``), the CLI (``userip.cli``, ``userip.cli.commands``) on top. A module
 may import its own floor and the floors below; the libraries never import Prefect.
 """
@@ -22,8 +23,8 @@ FOLDERS = ("dataprep", "profile_infer", "quantize", "feature_bank", "downstream"
            "tasks", "flows")
 LIBRARIES = tuple(f"userip.{f}" for f in FOLDERS[:6])
 ROOF = ("userip.cli",)
-# bottom to top; a module's floor is the last prefix it matches
-FLOORS = (("userip",), *((lib,) for lib in LIBRARIES), ("userip.tasks",), ("userip.flows",), ROOF)
+# bottom to top; a module's floor is that of the longest prefix it matches
+FLOORS = (("userip", "userip.baselines.config"), *((lib,) for lib in LIBRARIES), ("userip.tasks",), ("userip.flows",), ROOF)
 # declared but only ever imported by another package, never by our code
 RUNTIME_ONLY = {
     "gguf": "transformers reads the embedded SmolLM2 GGUF file with it",
@@ -55,9 +56,9 @@ def _imports(path: Path) -> set[str]:
 
 
 def _floor(name: str) -> int:
-    matches = [i for i, prefixes in enumerate(FLOORS)
+    matches = [(len(p), i) for i, prefixes in enumerate(FLOORS)
                for p in prefixes if name == p or name.startswith(p + ".")]
-    return max(matches)
+    return max(matches)[1]
 
 
 MODULES = _modules()

@@ -7,16 +7,16 @@ cache keys of ``prepare`` and ``infer`` untouched (see ``tasks/``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from userip.baselines.config import BaselinesConfig
 from userip.errors import ConfigError
 from userip.hyper import FitSettings, RunSettings
+from userip.section import Section, Seed
 
-# Seeds go to numpy, torch and FAISS; numpy's legacy seeding and FAISS take 32 bits.
-Seed = Annotated[int, Field(ge=0, lt=2**32)]
 # Every supported source rates 1..5 (stars); a label threshold outside (1, 5] makes every
 # label the same.
 RATING_RANGE = (1.0, 5.0)
@@ -28,21 +28,6 @@ Source = Literal[
 
 
 S = TypeVar("S", bound=BaseModel)
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, not silently ignored.
-
-    A section's fields are of two kinds: those that change what its stage computes, and
-    ``run_fields``, how it is run (threads, workers, checkpoint cadence). A stage's cache
-    key holds ``learned()`` only, so changing a run setting reuses a finished output."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    run_fields: ClassVar[frozenset[str]] = frozenset()
-
-    def learned(self) -> dict[str, Any]:
-        """The fields that change the stage's output, as JSON values."""
-        return self.model_dump(mode="json", exclude=set(self.run_fields))
 
 
 class PrepareConfig(Section):
@@ -213,6 +198,9 @@ class Config(Section):
     quantize: QuantizeConfig = QuantizeConfig()
     bank: BankConfig = BankConfig()
     downstream: DownstreamConfig = DownstreamConfig()
+    baselines: BaselinesConfig | None = Field(
+        None, description="the LLM baselines (userip.baselines): `userip run` runs them after the "
+                          "downstream stages only when this section is there")
 
     @model_validator(mode="after")
     def _cross_section(self) -> Config:
@@ -270,10 +258,8 @@ def describe(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
-                model: type[Config] = Config) -> Config:
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read a YAML config; ``overrides`` are dotted keys, e.g. ``{"profile.max_epochs": 1}``.
-    ``model``: a subclass of Config with more sections (``userip baselines`` reads its own).
     Every problem (missing or unreadable file, bad YAML, a wrong key or value) is one
     ConfigError line naming the file and the field."""
     path = Path(path)
@@ -297,4 +283,4 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {dotted}: {key!r} is not a section")
         node[leaf] = value
-    return validated(model, raw, f"{path}" + (" with --set" if overrides else ""))
+    return validated(Config, raw, f"{path}" + (" with --set" if overrides else ""))

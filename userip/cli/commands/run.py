@@ -51,11 +51,11 @@ def run(args: argparse.Namespace) -> int:
     # Settings first: a bad one is one line now, not after a server start (30-60 s), and
     # before the flow's imports (Prefect, torch: seconds).
     overrides = parse_overrides(args.set)
-    load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
     from userip.flows.plan import select
-    from userip.flows.userip_flow import FULL, userip
+    from userip.flows.userip_flow import stage_table, userip
 
-    select(FULL, args.stages, args.from_stage)
+    select(stage_table(cfg), args.stages, args.from_stage)
     from userip.cli.summary import summary_table
 
     start = time.monotonic()
