@@ -42,6 +42,7 @@ from userip.baselines.same_data import OurData, Scoring, open_data, prepared_dir
 from userip.downstream.layout import WITHOUT, ReportMetrics
 from userip.downstream.suite import hold_out_users, read_held_out
 from userip.errors import ConfigError
+from userip.profile_infer.layout import ProfileMeta
 
 RESULTS_STAGE = "baselines-results"
 PROTOCOLS = ("own", "ours")  # each method's authors' protocol; the project's split (needs ``Ours``)
@@ -236,16 +237,27 @@ def ctr_rows(run_dir: Path) -> list[dict[str, Any]]:
     report = ReportMetrics.read(Path(run_dir))
     paper = report.models.get(CTR_MODEL, {})
     new = report.new_users.models.get(CTR_MODEL, {}) if report.new_users else {}
+    tokens = {WITHOUT: 0, report.primary_codes: _profile_tokens(report.variants.get(report.primary_codes, {}))}
     rows = []
     for variant, name, key in ((WITHOUT, "DCN", "dcn"),
                                (report.primary_codes, f"DCN + {report.primary_codes} codes", "dcn_codes")):
         if variant in paper:
             s = paper[variant]
-            rows.append({"name": name, "serving_key": key, "seeds": s.n_seeds,
+            rows.append({"name": name, "serving_key": key, "seeds": s.n_seeds, "lm_tokens": tokens[variant],
                          "test": {"auc": s.auc, "logloss": s.logloss, "uauc": s.uauc, "n": s.n_rows},
                          "new_users": None if variant not in new else {"auc": new[variant].auc,
                                                                         "n": new[variant].n_rows}})
     return rows
+
+
+def _profile_tokens(variant_meta: dict[str, Any]) -> int | None:
+    """The LM tokens of the profile run behind a variant's codes (its meta.json
+    ``lm_tokens``); None when that profile is gone or predates the count."""
+    source = variant_meta.get("source_profile")
+    if not source or not ProfileMeta.path(Path(source)).is_file():
+        return None
+    counted = ProfileMeta.read(Path(source)).lm_tokens
+    return None if counted is None else counted["train"] + counted["eval"]
 
 
 def machine() -> dict[str, Any]:
@@ -280,8 +292,8 @@ def same_data_table(same: dict[str, Any]) -> list[str]:
              "| model | AUC | Logloss | UAUC | new-user AUC | test rows (new-user rows) | LM tokens offline "
              "| serving s / 10k |", "|---|---|---|---|---|---|---|---|"]
     for row in same["ctr"]:
-        tokens = 0 if row["serving_key"] == "dcn" else None
-        lines.append(_same_line(f"{row['name']} ({row['seeds']} seeds)", row["test"], row["new_users"], tokens,
+        lines.append(_same_line(f"{row['name']} ({row['seeds']} seeds)", row["test"], row["new_users"],
+                                row.get("lm_tokens"),
                                 per_10k.get(row["serving_key"])))
     for method, outcome in same["methods"].items():
         for k, (name, m) in enumerate(outcome["result"]["models"].items()):
@@ -294,7 +306,9 @@ def same_data_table(same: dict[str, Any]) -> list[str]:
               "but KAR's: every test row, mean over its seeds, its DCN fitted beside it on the same rows "
               "and seeds. "
               "LM tokens offline: every token the method ran through the LM (training, validation and "
-              "test scoring; KAR: its prompts, generated texts and encoded texts); DCN + codes: the profile stage's, not counted here. Serving: seconds per "
+              "test scoring; KAR: its prompts, generated texts and encoded texts); DCN + codes: the "
+              "profile stage's (its meta.json `lm_tokens`, training and evaluation; — for a profile "
+              "from before it counted). Serving: seconds per "
               "10,000 instances from `bench/serve.py --baselines`"
               + ("" if same["serving"] else " (not given: —)") + "."]
     if same["not_run"]:

@@ -56,6 +56,9 @@ def test_userip_run_runs_the_baselines_after_the_report_and_caches_them(prefect_
     assert [r["name"] for r in same["ctr"]] == ["DCN", "DCN + userip codes"]
     assert same["ctr"][0]["test"]["auc"] == report["models"]["dcn"]["without"]["auc"]
     assert same["ctr"][1]["new_users"]["auc"] == report["new_users"]["models"]["dcn"]["userip"]["auc"]
+    (profile,) = (workdir / "infer").iterdir()  # the codes' offline cost: the profile stage's tokens
+    counted = json.loads((profile / "meta.json").read_text())["lm_tokens"]
+    assert same["ctr"][0]["lm_tokens"] == 0 and same["ctr"][1]["lm_tokens"] == sum(counted.values()) > 0
     table = (results / "results.md").read_text()
     assert "| DCN (2 seeds) |" in table and "| TALLRec K=4 |" in table and "| CoLLM-MF |" in table
     assert "| KAR + DCN (2 seeds) |" in table and "| KAR + DCN, UserIP Table 5 | 0.7866 |" in table
