@@ -49,7 +49,7 @@ class PromptLayout:
     def positions_run(self, batch: int, target_len: int) -> int:
         """LM input positions ``token_nll`` runs for a batch: the context phrases once,
         the rest once per row (the offline-cost count of meta.json's ``lm_tokens``)."""
-        return len(self.constant) + batch * (self.prefix_len + target_len - len(self.constant))
+        return len(self.constant) + batch * len(self.variable(target_len))
 
 
 def build_layout(tokenizer, profiles: tuple[ProfileSpec, ...], task: str) -> PromptLayout:
